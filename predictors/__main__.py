@@ -1,0 +1,126 @@
+"""``python -m predictors``: one KServe model server with one batched predictor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m predictors", description=__doc__)
+    p.add_argument("--model_name", default="model", help="name on the endpoint paths")
+    p.add_argument("--http_port", type=int, default=8080)
+    p.add_argument("--grpc_port", type=int, default=8081)
+    p.add_argument("--enable_grpc", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--workers", type=int, default=1, help="must be 1: scale with replicas (kserve#3662)")
+    p.add_argument("--task", choices=["embed", "generate"], required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model_dir", type=Path, help="a local model directory")
+    source.add_argument("--model_id", help="a packaged model: all-minilm-l6-v2, smollm2-135m-instruct")
+    p.add_argument("--gguf_file", help="GGUF file inside --model_dir (converted once to a safetensors cache)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--cache_dir", type=Path, help="model cache (default $KZERO_CACHE_DIR or ~/.cache/kzero)")
+    p.add_argument("--max_batch_size", type=int, default=32)
+    p.add_argument("--max_batch_latency_ms", type=float, default=5.0)
+    p.add_argument("--max_queue", type=int, default=1024, help="items waiting before requests get 503")
+    p.add_argument("--load_wait_s", type=float, default=30.0, help="how long a request waits for a loading model")
+    p.add_argument("--max_instances", type=int, default=256)
+    p.add_argument("--max_input_tokens", type=int, default=2048)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    return p
+
+
+def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorConfig
+    from predictors.batcher import BatcherConfig
+    from predictors.config import LimitsConfig, PredictorConfig
+
+    args = build_parser().parse_args(argv)
+    cache_dir = args.cache_dir or Path(env.get("KZERO_CACHE_DIR", Path.home() / ".cache" / "kzero"))
+    return PredictorConfig(
+        model_name=args.model_name,
+        task=args.task,
+        model_dir=args.model_dir,
+        model_id=args.model_id,
+        gguf_file=args.gguf_file,
+        device=args.device,
+        dtype=args.dtype,
+        cache_dir=cache_dir,
+        batcher=BatcherConfig(
+            max_batch_size=args.max_batch_size,
+            max_batch_latency_ms=args.max_batch_latency_ms,
+            max_queue=args.max_queue,
+        ),
+        limits=LimitsConfig(
+            max_instances=args.max_instances,
+            max_input_tokens=args.max_input_tokens,
+            max_new_tokens=args.max_new_tokens,
+        ),
+        load_wait_s=args.load_wait_s,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=args.enable_grpc,
+        workers=args.workers,
+    )
+
+
+def _seconds_since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        config = config_from_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "arguments"
+        print(f"python -m predictors: invalid {where}: {first['msg']}", file=sys.stderr)
+        return 2
+
+    from observability.telemetry import setup_telemetry
+    from predictors.loading import load_task
+    from predictors.metrics import PredictorMetrics
+    from predictors.model import BatchedModel
+    from predictors.server import PredictorServer
+
+    import_s = _seconds_since_process_start()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line per request and phase
+    telemetry = setup_telemetry(f"kzero-predictor-{config.model_name}", dict(os.environ))
+    metrics = PredictorMetrics()
+    metrics.cold_start.labels("import").set(import_s)
+    model = BatchedModel(
+        config.model_name,
+        lambda: load_task(config),
+        config.batcher,
+        load_wait_s=config.load_wait_s,
+        retry_after_s=config.retry_after_s,
+        tracer=telemetry.tracer("kzero.predictors"),
+        metrics=metrics,
+    )
+    logging.getLogger(__name__).info("process start to imports done: %.2fs", import_s)
+    try:
+        PredictorServer(config, model, metrics).start()
+    except Exception as err:  # a model that cannot load must not look alive
+        logging.getLogger(__name__).error("predictor stopped: %s", err, exc_info=err)
+        return 1
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Settings of one predictor server, built once in ``main`` and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from predictors.batcher import BatcherConfig
+
+Task = Literal["embed", "generate"]
+
+
+class LimitsConfig(BaseModel):
+    """Request-size limits; anything beyond them is a 4xx naming the field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_instances: int = Field(default=256, ge=1)
+    max_input_tokens: int = Field(default=2048, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    default_max_new_tokens: int = Field(default=64, ge=1)
+
+
+class PredictorConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    task: Task
+    model_dir: Path | None = None
+    model_id: str | None = None
+    gguf_file: str | None = None
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    cache_dir: Path = Path.home() / ".cache" / "kzero"
+    batcher: BatcherConfig = BatcherConfig()
+    limits: LimitsConfig = LimitsConfig()
+    load_wait_s: float = Field(default=30.0, ge=0.0, description="how long a request waits for a loading model")
+    retry_after_s: int = Field(default=5, ge=1)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int = Field(default=8081, ge=0, le=65535)
+    enable_grpc: bool = True
+    workers: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictorConfig:
+        if (self.model_dir is None) == (self.model_id is None):
+            raise ValueError("give exactly one of model_dir or model_id")
+        if self.workers > 1:
+            # KServe forks one process per worker, each with its own copy of the model, and
+            # its transformer/predictor config is lost in the workers (kserve#3662). Scale with
+            # replicas instead; the in-process batcher needs all requests in one process.
+            raise ValueError(
+                f"workers={self.workers}: kzero predictors run one process per replica; each extra "
+                "worker would load another copy of the model (kserve#3662) and split the batches. "
+                "Scale with replicas instead."
+            )
+        return self

@@ -1,0 +1,215 @@
+"""Causal-LM text generation with per-row limits, stop strings and streaming inside one batch.
+
+Prompts of one batch are left-padded into a single ``generate`` call. A stopping criterion
+tracks every row on its own: its token limit, its stop strings and its stream, so requests
+with different ``max_new_tokens`` or ``stop`` share a forward pass and each ends on time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from predictors.device import Placement
+
+if TYPE_CHECKING:
+    import torch
+
+FinishReason = Literal["stop", "length"]
+TextSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    on_text: TextSink | None = field(default=None, compare=False)
+    """Called from the model thread with each new piece of text, for streaming."""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _stop_cut(text: str, stops: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of ``text`` that may still grow into a stop string or a UTF-8 char."""
+    hold = 1 if text.endswith("\ufffd") else 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if stop.startswith(text[-n:]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+class _Row:
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request = request
+        self.tokens: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.finish: FinishReason | None = None
+
+    def emit(self, upto: int) -> None:
+        if self.request.on_text is not None and upto > self.sent:
+            self.request.on_text(self.text[self.sent : upto])
+            self.sent = upto
+
+
+class _RowTracker:
+    """A transformers stopping criterion that finishes each row independently."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], decode: Callable[[list[int]], str], eos: set[int]):
+        self.rows = [_Row(r) for r in requests]
+        self._decode = decode
+        self._eos = eos
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
+            if row.finish is None:
+                self._advance(row, token)
+        return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
+
+    def _advance(self, row: _Row, token: int) -> None:
+        params = row.request.params
+        if token in self._eos:
+            row.finish = "stop"
+            row.emit(len(row.text))
+            return
+        row.tokens.append(token)
+        if params.stop or row.request.on_text is not None:
+            row.text = self._decode(row.tokens)
+            cut = _stop_cut(row.text, params.stop)
+            if cut is not None:
+                row.text = row.text[:cut]
+                row.finish = "stop"
+                row.emit(cut)
+                return
+            row.emit(len(row.text) - _held_back(row.text, params.stop))
+        if len(row.tokens) >= params.max_new_tokens:
+            row.finish = "length"
+            if params.stop or row.request.on_text is not None:
+                row.emit(len(row.text))
+
+    def results(self) -> list[GenerationResult]:
+        out = []
+        for row in self.rows:
+            if not (row.request.params.stop or row.request.on_text is not None):
+                row.text = self._decode(row.tokens)
+            row.emit(len(row.text))
+            out.append(
+                GenerationResult(
+                    text=row.text,
+                    finish_reason=row.finish or "length",
+                    prompt_tokens=len(row.request.prompt_ids),
+                    completion_tokens=len(row.tokens),
+                )
+            )
+        return out
+
+
+class GenerateEngine:
+    def __init__(self, model: Any, tokenizer: Any, placement: Placement) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._placement = placement
+        eos = model.generation_config.eos_token_id
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self._eos = eos_ids
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+
+    @classmethod
+    def load(cls, path: Path, placement: Placement) -> GenerateEngine:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=placement.dtype, local_files_only=True)
+        model.to(placement.device).eval()
+        return cls(model, tokenizer, placement)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self._model.config, "max_position_embeddings", 2048))
+
+    def encode_prompt(self, prompt: str) -> tuple[int, ...]:
+        return tuple(self._tokenizer(prompt)["input_ids"])
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> tuple[int, ...]:
+        if not self._tokenizer.chat_template:
+            raise ValueError("this model has no chat template; send a prompt instead of messages")
+        text = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return tuple(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def batch_key(self, item: GenerationRequest) -> Hashable:
+        params = item.params
+        if params.greedy:
+            return ("greedy",)
+        return ("sample", params.temperature, params.top_p, params.seed)
+
+    def run_batch(self, items: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        width = max(len(item.prompt_ids) for item in items)
+        input_ids = torch.full((len(items), width), self._pad, dtype=torch.long)
+        attention = torch.zeros((len(items), width), dtype=torch.long)
+        for i, item in enumerate(items):  # left padding: every prompt ends at the same column
+            n = len(item.prompt_ids)
+            input_ids[i, width - n :] = torch.tensor(item.prompt_ids, dtype=torch.long)
+            attention[i, width - n :] = 1
+        params = items[0].params  # same batch key, so same sampling settings
+        sampling: dict[str, Any] = {"do_sample": False}
+        if not params.greedy:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        config = GenerationConfig(
+            max_new_tokens=max(item.params.max_new_tokens for item in items),
+            pad_token_id=self._pad,
+            eos_token_id=sorted(self._eos),
+            **sampling,
+        )
+        tracker = _RowTracker(items, self._decode, self._eos)
+        device = self._placement.device
+        with torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            self._model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([tracker]),
+            )
+        return tracker.results()
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self._tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def warmup(self) -> None:
+        self.run_batch([GenerationRequest(self.encode_prompt("Hello"), SamplingParams(max_new_tokens=2))])

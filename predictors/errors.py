@@ -1,0 +1,42 @@
+"""Errors of the predictors package. Translated to HTTP/gRPC codes only at the server edge."""
+
+from __future__ import annotations
+
+
+class PredictorError(Exception):
+    """Base of every error raised by kzero predictors."""
+
+
+class InvalidInput(PredictorError, ValueError):
+    """The request is malformed; ``field`` names the offending part (e.g. ``instances[2].prompt``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class ModelNotFound(PredictorError, LookupError):
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(f"model {name!r} is not served here; available: {', '.join(available) or 'none'}")
+        self.name = name
+
+
+class Unavailable(PredictorError):
+    """The request cannot be served now but may succeed later (HTTP 503 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(Unavailable):
+    """The model is still loading and did not become ready within the request's wait deadline."""
+
+
+class Overloaded(Unavailable):
+    """The batch queue is full; the caller should back off."""
+
+
+class ModelLoadError(PredictorError, RuntimeError):
+    """The model could not be loaded; the server reports not-ready and exits."""

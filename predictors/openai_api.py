@@ -1,0 +1,303 @@
+"""OpenAI-compatible routes under ``/openai/v1``: models, embeddings, completions, chat completions.
+
+Requests go through the same batcher as v1/v2/gRPC. Streaming (``stream: true``) sends each
+piece of text as the model thread produces it, as server-sent events. Errors use OpenAI's
+error shape so the official client raises its usual exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from predictors.engines.generate import GenerationRequest, GenerationResult, TextSink
+from predictors.errors import InvalidInput, ModelNotFound, PredictorError, Unavailable
+from predictors.tasks.embed import EmbedTask
+from predictors.tasks.generate import ChatMessage, GenerateInstance, GenerateTask, GenerationParameters
+from predictors.validation import parse_model
+
+if TYPE_CHECKING:
+    from predictors.model import BatchedModel
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    user: str | None = None
+
+
+class EmbeddingsBody(_Body):
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    include_usage: bool = False
+
+
+class _SamplingBody(_Body):
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Literal[1] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Literal[0] = 0
+    frequency_penalty: Literal[0] = 0
+
+    def parameters(self, max_tokens: int | None) -> dict[str, Any]:
+        return {"max_new_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "stop": self.stop, "seed": self.seed}
+
+
+class CompletionBody(_SamplingBody):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: Literal[False] = False
+    logprobs: None = None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def plain(self) -> ChatMessage:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class ChatBody(_SamplingBody):
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: Literal[False] = False
+
+
+def _openai_error(err: PredictorError) -> JSONResponse:
+    from predictors.server import http_status
+
+    status = http_status(err)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    param = err.field if isinstance(err, InvalidInput) else None
+    code = "model_not_found" if isinstance(err, ModelNotFound) else None
+    headers = {"Retry-After": str(err.retry_after_s)} if isinstance(err, Unavailable) else None
+    body = {"error": {"message": str(err), "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _usage(results: list[GenerationResult]) -> dict[str, int]:
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    import json
+
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+Route = Callable[[Request], Awaitable[Response]]
+
+
+def openai_router(model: BatchedModel) -> APIRouter:
+    router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
+
+    def route(path: str, method: str = "POST") -> Callable[[Route], Route]:
+        def wrap(handler: Route) -> Route:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except PredictorError as err:
+                    return _openai_error(err)
+
+            router.add_api_route(path, endpoint, methods=[method], response_model=None)
+            return handler
+
+        return wrap
+
+    async def body_of(request: Request, schema: type[_Body]) -> Any:
+        try:
+            raw = await request.json()
+        except ValueError as err:
+            raise InvalidInput("body", f"not valid JSON: {err}") from err
+        body = parse_model(schema, raw)
+        if body.model != model.name:
+            raise ModelNotFound(body.model, [model.name])
+        await model.wait_ready()
+        return body
+
+    def task_of(kind: type, operation: str) -> Any:
+        task = model.task
+        if not isinstance(task, kind):
+            raise InvalidInput("model", f"model {model.name!r} does not support {operation}")
+        return task
+
+    @route("/models", "GET")
+    async def models(_: Request) -> Response:
+        card = {"id": model.name, "object": "model", "created": 0, "owned_by": "kzero"}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    @route("/embeddings")
+    async def embeddings(request: Request) -> Response:
+        body: EmbeddingsBody = await body_of(request, EmbeddingsBody)
+        task: EmbedTask = task_of(EmbedTask, "embeddings")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise InvalidInput("input", "must not be empty")
+        if body.dimensions not in (None, task.engine.dimension):
+            raise InvalidInput("dimensions", f"this model only produces {task.engine.dimension} dimensions")
+        texts = task.check_texts(texts, "input")
+        vectors = await model.infer_items(texts, dict(request.headers))
+        tokens = sum(task.engine.count_tokens(texts))
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
+
+    @route("/completions")
+    async def completions(request: Request) -> Response:
+        body: CompletionBody = await body_of(request, CompletionBody)
+        task: GenerateTask = task_of(GenerateTask, "completions")
+        params = task.sampling(parse_model(GenerationParameters, body.parameters(body.max_tokens)), "")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise InvalidInput("prompt", "must not be empty")
+        fields = ["prompt"] if isinstance(body.prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
+        ids = [task.encode(GenerateInstance(prompt=p), f) for p, f in zip(prompts, fields, strict=True)]
+        reply_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(text: str, finish: str | None, index: int = 0) -> dict[str, Any]:
+            choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+            return {"id": reply_id, "object": "text_completion", "created": created, "model": model.name,
+                    "choices": [choice]}
+
+        if body.stream:
+            if len(prompts) != 1:
+                raise InvalidInput("prompt", "streaming takes a single prompt")
+            return _stream(
+                model, lambda sink: task.request(ids[0], params, fields[0], sink), request,
+                opening=None, piece=lambda text: chunk(text, None),
+                closing=lambda r: chunk("", r.finish_reason),
+                usage_chunk=_usage_chunk(body, reply_id, created, model.name, "text_completion"),
+            )
+        results = await model.infer_items(
+            [task.request(i, params, f) for i, f in zip(ids, fields, strict=True)], dict(request.headers)
+        )
+        reply = chunk("", None)
+        reply["choices"] = [chunk(r.text, r.finish_reason, n)["choices"][0] for n, r in enumerate(results)]
+        reply["usage"] = _usage(results)
+        return JSONResponse(reply)
+
+    @route("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body: ChatBody = await body_of(request, ChatBody)
+        task: GenerateTask = task_of(GenerateTask, "chat completions")
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        params = task.sampling(parse_model(GenerationParameters, body.parameters(max_tokens)), "")
+        ids = task.encode(GenerateInstance(messages=[m.plain() for m in body.messages]), "")
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+            return {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+        if body.stream:
+            return _stream(
+                model, lambda sink: task.request(ids, params, "messages", sink), request,
+                opening=chunk({"role": "assistant", "content": ""}, None),
+                piece=lambda text: chunk({"content": text}, None),
+                closing=lambda r: chunk({}, r.finish_reason),
+                usage_chunk=_usage_chunk(body, reply_id, created, model.name, "chat.completion.chunk"),
+            )
+        [result] = await model.infer_items([task.request(ids, params, "messages")], dict(request.headers))
+        message = {"role": "assistant", "content": result.text}
+        return JSONResponse({
+            "id": reply_id, "object": "chat.completion", "created": created, "model": model.name,
+            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}],
+            "usage": _usage([result]),
+        })
+
+    return router
+
+
+def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+def _usage_chunk(
+    body: _SamplingBody, reply_id: str, created: int, model_name: str, obj: str
+) -> Callable[[GenerationResult], dict[str, Any]] | None:
+    if not (body.stream_options and body.stream_options.include_usage):
+        return None
+    return lambda r: {"id": reply_id, "object": obj, "created": created, "model": model_name, "choices": [],
+                      "usage": _usage([r])}
+
+
+def _stream(
+    model: BatchedModel,
+    build: Callable[[TextSink], GenerationRequest],
+    request: Request,
+    *,
+    opening: dict[str, Any] | None,
+    piece: Callable[[str], dict[str, Any]],
+    closing: Callable[[GenerationResult], dict[str, Any]],
+    usage_chunk: Callable[[GenerationResult], dict[str, Any]] | None,
+) -> StreamingResponse:
+    """Stream one generation as SSE; validation and load shedding happen before the first byte."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    item = build(lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
+    model.check_capacity(1)
+    job = asyncio.ensure_future(model.infer_items([item], dict(request.headers)))
+    # Pieces are queued from the model thread before its batch returns, so the end marker comes last.
+    job.add_done_callback(lambda _: pieces.put_nowait(None))
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            if opening is not None:
+                yield _sse(opening)
+            while (text := await pieces.get()) is not None:
+                yield _sse(piece(text))
+            try:
+                [result] = await job
+            except PredictorError as err:
+                yield _sse({"error": {"message": str(err), "type": "server_error"}})
+                return
+            yield _sse(closing(result))
+            if usage_chunk is not None:
+                yield _sse(usage_chunk(result))
+            yield _sse("[DONE]")
+        finally:
+            job.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,193 @@
+"""The KServe ModelServer with kzero's edges: honest readiness, error mapping, metrics, OpenAI routes.
+
+KServe's own server registers a model only once it is ready and reports ``/v2/health/ready``
+true regardless of the model; during a scale-from-zero it answers 400/503 without Retry-After
+(kserve#2882). Here the model registers at once and loads in the background, readiness
+follows the model, and inference requests wait for the load up to a deadline, then get 503
+with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent import futures
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from grpc import StatusCode, aio
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.rest.server import RESTServer
+
+from predictors.config import PredictorConfig
+from predictors.errors import InvalidInput, ModelNotFound, Overloaded, PredictorError, Unavailable
+from predictors.metrics import PredictorMetrics
+from predictors.model import BatchedModel
+from predictors.openai_api import openai_router
+from predictors.validation import field_path
+
+log = logging.getLogger(__name__)
+
+_INFERENCE_PREFIXES = ("/v1/models/", "/v2/models/", "/openai/v1/")
+
+
+def http_status(err: PredictorError) -> int:
+    if isinstance(err, InvalidInput):
+        return HTTPStatus.BAD_REQUEST
+    if isinstance(err, ModelNotFound):
+        return HTTPStatus.NOT_FOUND
+    if isinstance(err, Unavailable):
+        return HTTPStatus.SERVICE_UNAVAILABLE
+    return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def error_response(err: PredictorError) -> JSONResponse:
+    headers = {"Retry-After": str(err.retry_after_s)} if isinstance(err, Unavailable) else None
+    return JSONResponse({"error": str(err)}, status_code=http_status(err), headers=headers)
+
+
+def grpc_status(err: PredictorError) -> StatusCode:
+    if isinstance(err, InvalidInput):
+        return StatusCode.INVALID_ARGUMENT
+    if isinstance(err, ModelNotFound):
+        return StatusCode.NOT_FOUND
+    if isinstance(err, Overloaded):
+        return StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(err, Unavailable):
+        return StatusCode.UNAVAILABLE
+    return StatusCode.INTERNAL
+
+
+class ReadinessDataPlane(DataPlane):
+    """Server readiness is the readiness of its models, for REST and gRPC alike."""
+
+    async def ready(self) -> bool:
+        models = self.model_registry.get_models().values()
+        return bool(models) and all(m.ready for m in models)
+
+
+class PredictorErrorsInterceptor(ExceptionToStatusInterceptor):
+    async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str) -> None:
+        if isinstance(ex, PredictorError):
+            if isinstance(ex, Unavailable):
+                context.set_trailing_metadata((("retry-after", str(ex.retry_after_s)),))
+            await context.abort(grpc_status(ex), str(ex))
+        await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+
+class PredictorGRPCServer(GRPCServer):
+    """KServe's gRPC server with kzero's error mapping in place of KServe's."""
+
+    async def start(self, max_workers: int) -> None:
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(PredictorErrorsInterceptor(),),
+            options=[
+                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
+            ],
+        )
+        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        self._server.add_insecure_port(f"[::]:{self._port}")
+        log.info("gRPC server listening on port %d", self._port)
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def install_http(app: FastAPI, model: BatchedModel, metrics: PredictorMetrics) -> None:
+    """Routes, error handlers and middleware added to KServe's app before it starts."""
+
+    async def predictor_error(_: Request, err: Exception) -> Response:
+        assert isinstance(err, PredictorError)
+        if http_status(err) >= 500 and not isinstance(err, Unavailable):
+            log.error("request failed: %s", err)
+        return error_response(err)
+
+    async def request_invalid(_: Request, err: Exception) -> Response:
+        assert isinstance(err, RequestValidationError)
+        first = err.errors()[0]
+        # FastAPI reports the body union it tried (``body.InferenceRequest.inputs``); keep the field.
+        loc = [p for p in first["loc"][1:] if p not in ("InferenceRequest", "bytes")]
+        return error_response(InvalidInput(field_path("", tuple(loc)), first["msg"]))
+
+    app.add_exception_handler(PredictorError, predictor_error)
+    app.add_exception_handler(RequestValidationError, request_invalid)
+    app.include_router(openai_router(model))
+
+    @app.middleware("http")
+    async def readiness_and_metrics(request: Request, call_next: Handler) -> Response:
+        started = time.perf_counter()
+        response = await _gate(request) or await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.requests.labels(template, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(template, request.method).observe(time.perf_counter() - started)
+        return response
+
+    async def _gate(request: Request) -> Response | None:
+        """Hold inference requests while the model loads; 503 + Retry-After past the deadline."""
+        if model.ready or request.method != "POST" or not request.url.path.startswith(_INFERENCE_PREFIXES):
+            return None
+        try:
+            await model.wait_ready()
+        except Unavailable as err:
+            return error_response(err)
+        return None
+
+
+class PredictorServer(ModelServer):
+    def __init__(self, config: PredictorConfig, model: BatchedModel, metrics: PredictorMetrics) -> None:
+        super().__init__(
+            http_port=config.http_port,
+            grpc_port=config.grpc_port,
+            workers=1,
+            enable_grpc=config.enable_grpc,
+            enable_docs_url=False,
+            enable_latency_logging=False,
+        )
+        self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
+        self.model = model
+        self.metrics = metrics
+
+    def start(self, models: list[Any] | None = None) -> None:
+        from kserve.model_server import app
+
+        install_http(app, self.model, self.metrics)
+        self.register_model(self.model)
+        self.servers.append(self.model.load_in_background())
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            grace_period=self.grace_period,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            self._grpc_server = PredictorGRPCServer(
+                self.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs={"grpc_max_send_message_length": 64 << 20, "grpc_max_receive_message_length": 64 << 20},
+                grace_period=self.grace_period,
+            )
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())

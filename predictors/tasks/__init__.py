@@ -1,0 +1,44 @@
+"""Task adapters: the wire formats (v1, v2) of one task around its engine.
+
+A task is an engine module plus an adapter here; the server, batcher and routes are shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from predictors.config import LimitsConfig
+from predictors.device import Placement
+from predictors.engines import Engine
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class TaskAdapter(Protocol[In, Out]):
+    engine: Engine[In, Out]
+
+    def from_v1(self, body: Mapping[str, Any]) -> list[In]: ...
+
+    def to_v1(self, outputs: Sequence[Out]) -> dict[str, Any]: ...
+
+    def from_v2(self, request: InferRequest) -> list[In]: ...
+
+    def to_v2(self, outputs: Sequence[Out], request: InferRequest) -> InferResponse: ...
+
+    def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """v2 model metadata: (inputs, outputs)."""
+        ...
+
+
+TaskLoader = Callable[[Any, Placement, LimitsConfig], TaskAdapter[Any, Any]]
+
+
+def task_loaders() -> dict[str, TaskLoader]:
+    from predictors.tasks.embed import EmbedTask
+    from predictors.tasks.generate import GenerateTask
+
+    return {"embed": EmbedTask.load, "generate": GenerateTask.load}

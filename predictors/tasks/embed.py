@@ -1,0 +1,66 @@
+"""The ``embed`` task: text in, one float32 vector per text out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from predictors.config import LimitsConfig
+from predictors.device import Placement
+from predictors.engines.embed import EmbedEngine
+from predictors.errors import InvalidInput
+from predictors.validation import v1_instances, v2_texts
+
+
+class EmbedTask:
+    def __init__(self, engine: EmbedEngine, limits: LimitsConfig) -> None:
+        self.engine = engine
+        self._limits = limits
+
+    @classmethod
+    def load(cls, path: Path, placement: Placement, limits: LimitsConfig) -> EmbedTask:
+        return cls(EmbedEngine.load(path, placement), limits)
+
+    def check_texts(self, texts: Sequence[Any], field: str) -> list[str]:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInput(f"{field}[{i}]", f"expected a string, got {type(text).__name__}")
+            if not text.strip():
+                raise InvalidInput(f"{field}[{i}]", "must not be empty")
+        limit = min(self.engine.max_tokens, self._limits.max_input_tokens)
+        for i, count in enumerate(self.engine.count_tokens(texts)):
+            if count > limit:
+                raise InvalidInput(f"{field}[{i}]", f"{count} tokens exceed the model's limit of {limit}")
+        return list(texts)
+
+    def from_v1(self, body: Mapping[str, Any]) -> list[str]:
+        instances = v1_instances(body, self._limits.max_instances)
+        if body.get("parameters"):
+            raise InvalidInput(f"parameters.{next(iter(body['parameters']))}", "unknown parameter for embed")
+        texts = [i["text"] if isinstance(i, Mapping) and set(i) == {"text"} else i for i in instances]
+        return self.check_texts(texts, "instances")
+
+    def to_v1(self, outputs: Sequence[np.ndarray]) -> dict[str, Any]:
+        return {"predictions": [vector.tolist() for vector in outputs]}
+
+    def from_v2(self, request: InferRequest) -> list[str]:
+        return self.check_texts(v2_texts(request, "text", self._limits.max_instances), "inputs.text")
+
+    def to_v2(self, outputs: Sequence[np.ndarray], request: InferRequest) -> InferResponse:
+        matrix = np.stack(outputs).astype(np.float32)
+        output = InferOutput(name="embedding", shape=list(matrix.shape), datatype="FP32")
+        output.set_data_from_numpy(matrix, binary_data=False)
+        return InferResponse(
+            response_id=request.id or "", model_name=request.model_name, infer_outputs=[output],
+            from_grpc=request.from_grpc,
+        )
+
+    def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return (
+            [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            [{"name": "embedding", "datatype": "FP32", "shape": [-1, self.engine.dimension]}],
+        )

@@ -1,0 +1,159 @@
+"""The ``generate`` task: a prompt or chat messages in, text with finish reason and usage out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from predictors.config import LimitsConfig
+from predictors.device import Placement
+from predictors.engines.generate import (
+    GenerateEngine,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    TextSink,
+)
+from predictors.errors import InvalidInput
+from predictors.validation import field_path, parse_model, plain_parameters, v1_instances, v2_texts
+
+MAX_STOP_STRINGS = 4
+
+
+class GenerationParameters(BaseModel):
+    """Request parameters; unknown names are rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> GenerationParameters:
+        stops = self.stop_strings
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("stop: stop strings must not be empty")
+        return self
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerateInstance(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> GenerateInstance:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class GenerateTask:
+    def __init__(self, engine: GenerateEngine, limits: LimitsConfig) -> None:
+        self.engine = engine
+        self._limits = limits
+
+    @classmethod
+    def load(cls, path: Path, placement: Placement, limits: LimitsConfig) -> GenerateTask:
+        return cls(GenerateEngine.load(path, placement), limits)
+
+    def sampling(self, parameters: GenerationParameters, field: str = "parameters") -> SamplingParams:
+        limit = self._limits.max_new_tokens
+        max_new = parameters.max_new_tokens or min(self._limits.default_max_new_tokens, limit)
+        if max_new > limit:
+            raise InvalidInput(field_path(field, ("max_new_tokens",)), f"{max_new} exceeds the limit of {limit}")
+        return SamplingParams(
+            max_new_tokens=max_new,
+            temperature=parameters.temperature,
+            top_p=parameters.top_p,
+            stop=parameters.stop_strings,
+            seed=parameters.seed,
+        )
+
+    def encode(self, instance: GenerateInstance, field: str) -> tuple[int, ...]:
+        if instance.messages is not None:
+            try:
+                return self.engine.encode_chat([m.model_dump() for m in instance.messages])
+            except ValueError as err:
+                raise InvalidInput(f"{field}.messages", str(err)) from err
+        assert instance.prompt is not None
+        if not instance.prompt:
+            raise InvalidInput(f"{field}.prompt", "must not be empty")
+        return self.engine.encode_prompt(instance.prompt)
+
+    def request(
+        self, prompt_ids: tuple[int, ...], params: SamplingParams, field: str, on_text: TextSink | None = None
+    ) -> GenerationRequest:
+        limit = min(self._limits.max_input_tokens, self.engine.context_length - params.max_new_tokens)
+        if len(prompt_ids) > limit:
+            raise InvalidInput(field, f"prompt has {len(prompt_ids)} tokens; the limit is {limit}")
+        return GenerationRequest(prompt_ids, params, on_text)
+
+    def from_v1(self, body: Mapping[str, Any]) -> list[GenerationRequest]:
+        instances = v1_instances(body, self._limits.max_instances)
+        params = self.sampling(parse_model(GenerationParameters, body.get("parameters") or {}, "parameters"))
+        requests = []
+        for i, raw in enumerate(instances):
+            field = f"instances[{i}]"
+            instance = parse_model(GenerateInstance, {"prompt": raw} if isinstance(raw, str) else raw, field)
+            requests.append(self.request(self.encode(instance, field), params, field))
+        return requests
+
+    def to_v1(self, outputs: Sequence[GenerationResult]) -> dict[str, Any]:
+        return {
+            "predictions": [
+                {
+                    "text": out.text,
+                    "finish_reason": out.finish_reason,
+                    "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
+                }
+                for out in outputs
+            ]
+        }
+
+    def from_v2(self, request: InferRequest) -> list[GenerationRequest]:
+        texts = v2_texts(request, "text", self._limits.max_instances)
+        params = self.sampling(parse_model(GenerationParameters, plain_parameters(request.parameters), "parameters"))
+        requests = []
+        for i, text in enumerate(texts):
+            field = f"inputs.text[{i}]"
+            requests.append(self.request(self.encode(GenerateInstance(prompt=text), field), params, field))
+        return requests
+
+    def to_v2(self, outputs: Sequence[GenerationResult], request: InferRequest) -> InferResponse:
+        output = InferOutput(name="text", shape=[len(outputs)], datatype="BYTES")
+        output.set_data_from_numpy(np.array([o.text for o in outputs], dtype=object), binary_data=False)
+        return InferResponse(
+            response_id=request.id or "", model_name=request.model_name, infer_outputs=[output],
+            from_grpc=request.from_grpc,
+        )
+
+    def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return (
+            [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        )
