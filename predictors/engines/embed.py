@@ -30,7 +30,7 @@ class EmbedEngine:
 
     @property
     def dimension(self) -> int:
-        return int(self._model.get_sentence_embedding_dimension())
+        return int(self._model.get_embedding_dimension())
 
     @property
     def max_tokens(self) -> int:

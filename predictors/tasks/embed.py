@@ -39,8 +39,11 @@ class EmbedTask:
 
     def from_v1(self, body: Mapping[str, Any]) -> list[str]:
         instances = v1_instances(body, self._limits.max_instances)
-        if body.get("parameters"):
-            raise InvalidInput(f"parameters.{next(iter(body['parameters']))}", "unknown parameter for embed")
+        parameters = body.get("parameters")
+        if parameters:
+            if not isinstance(parameters, Mapping):
+                raise InvalidInput("parameters", f"expected a JSON object, got {type(parameters).__name__}")
+            raise InvalidInput(f"parameters.{next(iter(parameters))}", "unknown parameter for embed")
         texts = [i["text"] if isinstance(i, Mapping) and set(i) == {"text"} else i for i in instances]
         return self.check_texts(texts, "instances")
 

@@ -115,7 +115,8 @@ class GenerateTask:
 
     def from_v1(self, body: Mapping[str, Any]) -> list[GenerationRequest]:
         instances = v1_instances(body, self._limits.max_instances)
-        params = self.sampling(parse_model(GenerationParameters, body.get("parameters") or {}, "parameters"))
+        raw = body.get("parameters")
+        params = self.sampling(parse_model(GenerationParameters, {} if raw is None else raw, "parameters"))
         requests = []
         for i, raw in enumerate(instances):
             field = f"instances[{i}]"
