@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from predictors.batcher import BatcherConfig
+from predictors.packaged import PACKAGED_MODELS
 
 Task = Literal["embed", "generate"]
 
@@ -47,6 +48,12 @@ class PredictorConfig(BaseModel):
     def _one_source(self) -> PredictorConfig:
         if (self.model_dir is None) == (self.model_id is None):
             raise ValueError("give exactly one of model_dir or model_id")
+        if self.model_id is not None:
+            packaged = PACKAGED_MODELS.get(self.model_id)
+            if packaged is None:
+                raise ValueError(f"model_id {self.model_id!r} is not a packaged model; known: {sorted(PACKAGED_MODELS)}")
+            if packaged.task != self.task:
+                raise ValueError(f"model_id {self.model_id!r} is a {packaged.task} model, not {self.task}")
         if self.workers > 1:
             # KServe forks one process per worker, each with its own copy of the model, and
             # its transformer/predictor config is lost in the workers (kserve#3662). Scale with

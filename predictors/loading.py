@@ -27,10 +27,7 @@ class LoadReport:
 
 def source_of(config: PredictorConfig) -> tuple[Path, str | None]:
     if config.model_id is not None:
-        packaged = resolve_packaged(config.model_id)
-        if packaged.task != config.task:
-            raise ModelLoadError(f"model_id {config.model_id!r} is a {packaged.task} model, not {config.task}")
-        return packaged.location()
+        return resolve_packaged(config.model_id).location()
     assert config.model_dir is not None
     if not config.model_dir.is_dir():
         raise ModelLoadError(f"model_dir {config.model_dir} is not a directory")
