@@ -51,7 +51,8 @@ class PredictorConfig(BaseModel):
         if self.model_id is not None:
             packaged = PACKAGED_MODELS.get(self.model_id)
             if packaged is None:
-                raise ValueError(f"model_id {self.model_id!r} is not a packaged model; known: {sorted(PACKAGED_MODELS)}")
+                known = ", ".join(sorted(PACKAGED_MODELS))
+                raise ValueError(f"model_id {self.model_id!r} is not a packaged model; known: {known}")
             if packaged.task != self.task:
                 raise ValueError(f"model_id {self.model_id!r} is a {packaged.task} model, not {self.task}")
         if self.workers > 1:

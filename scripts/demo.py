@@ -16,8 +16,7 @@ import openai
 from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from predictors.launch import PredictorProcess  # noqa: E402
+from predictors.launch import PredictorProcess
 
 LOGS = Path("data/demo-logs")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from predictors.launch import PredictorProcess
+from tests.kafka_fixture import kafka_bootstrap  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
