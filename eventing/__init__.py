@@ -1,0 +1,1 @@
+"""CloudEvents over Kafka driving batch inference: worker, submit, results, replay."""

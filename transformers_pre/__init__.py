@@ -1,0 +1,1 @@
+"""The KServe RAG transformer: a chain of async pre/post steps (retrieval, prompt, citations)."""
