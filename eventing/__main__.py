@@ -1,0 +1,171 @@
+"""``python -m eventing worker|submit|results|replay``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
+from eventing.errors import MalformedEvent
+from eventing.topics import ensure_topics
+
+
+def _bootstrap(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                        help="default: $KAFKA_BOOTSTRAP_SERVERS")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eventing", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="consume request events, call the predictor, produce results")
+    _bootstrap(w)
+    w.add_argument("--input-topic", default=DEFAULT_REQUESTS)
+    w.add_argument("--output-topic", default=DEFAULT_RESULTS)
+    w.add_argument("--dlq-topic", default=DEFAULT_DLQ)
+    w.add_argument("--group", default="kzero-worker")
+    w.add_argument("--predictor-url", help="http://host:port for v1/v2, host:port for grpc-v2")
+    w.add_argument("--model", required=True, help="model name on the predictor")
+    w.add_argument("--protocol", default="v1", choices=["v1", "v2", "grpc-v2", "in-process"])
+    w.add_argument("--task", choices=["embed", "generate"], help="with --protocol in-process")
+    w.add_argument("--model-id", help="with --protocol in-process: a packaged model id")
+    w.add_argument("--max-batch", type=int, default=64)
+    w.add_argument("--max-wait-ms", type=int, default=20)
+    w.add_argument("--max-in-flight", type=int, default=512)
+    w.add_argument("--max-attempts", type=int, default=5, help="predictor attempts before dead-lettering")
+    w.add_argument("--exactly-once", action="store_true")
+    w.add_argument("--transactional-id")
+    w.add_argument("--output-mode", default="binary", choices=["binary", "structured"])
+
+    s = sub.add_parser("submit", help="submit a JSONL file as a job: one request event per line")
+    _bootstrap(s)
+    s.add_argument("--topic", default=DEFAULT_REQUESTS)
+    s.add_argument("--job-id", default=None, help="default: a new UUID")
+    s.add_argument("--input", type=Path, required=True, help="JSONL, one v1 instance per line")
+    s.add_argument("--mode", default="binary", choices=["binary", "structured"])
+    s.add_argument("--parameters", type=json.loads, default=None, help="JSON object of request parameters")
+    s.add_argument("--key-field", help="take each event's partition key from this field of the line")
+
+    r = sub.add_parser("results", help="collect a job's results and failures")
+    _bootstrap(r)
+    r.add_argument("--topic", default=DEFAULT_RESULTS)
+    r.add_argument("--dlq-topic", default=DEFAULT_DLQ)
+    r.add_argument("--job-id", required=True)
+    r.add_argument("--expect", type=int, required=True)
+    r.add_argument("--output", type=Path)
+    r.add_argument("--timeout", type=float, default=300.0)
+
+    y = sub.add_parser("replay", help="re-submit a job's dead-lettered requests")
+    _bootstrap(y)
+    y.add_argument("--dlq-topic", default=DEFAULT_DLQ)
+    y.add_argument("--topic", default=DEFAULT_REQUESTS)
+    y.add_argument("--job-id", required=True)
+    y.add_argument("--code", help="only dead letters with this error code")
+    y.add_argument("--mode", default="binary", choices=["binary", "structured"])
+    return p
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from eventing.config import WorkerConfig
+    from eventing.processing import Processor
+    from eventing.worker import Worker, kafka_clients
+    from predictors.client import PredictorClient, make_client
+    from predictors.retry import RetryPolicy
+
+    config = WorkerConfig(
+        bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic, output_topic=args.output_topic,
+        dlq_topic=args.dlq_topic, group=args.group, predictor_url=args.predictor_url, model=args.model,
+        protocol=args.protocol, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        max_in_flight=args.max_in_flight, exactly_once=args.exactly_once, transactional_id=args.transactional_id,
+        output_mode=args.output_mode, retry=RetryPolicy(max_attempts=args.max_attempts),
+    )
+    client: PredictorClient
+    if config.protocol == "in-process":
+        from predictors.config import PredictorConfig
+        from predictors.inprocess import InProcessClient
+
+        client = InProcessClient.load(PredictorConfig(model_name=args.model, task=args.task, model_id=args.model_id))
+    else:
+        assert config.predictor_url is not None
+        client = make_client(config.protocol, config.predictor_url, config.request_timeout_s)
+    processor = Processor(client, config.model, config.retry, config.max_instances)
+    ensure_topics(config.bootstrap_servers, [config.input_topic, config.output_topic, config.dlq_topic])
+    consumer, producer = kafka_clients(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Worker(config, processor, consumer, producer).run(stop)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from eventing.jobs import submit
+
+    job_id = args.job_id or str(uuid.uuid4())
+    ensure_topics(args.bootstrap_servers, [args.topic])
+    with args.input.open() as source:
+        count = submit(args.bootstrap_servers, args.topic, job_id, source, args.mode, args.parameters,
+                       args.key_field, progress=sys.stderr.isatty())
+    print(json.dumps({"job_id": job_id, "submitted": count, "topic": args.topic}))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from eventing.jobs import collect, write_results
+
+    ensure_topics(args.bootstrap_servers, [args.topic, args.dlq_topic])
+    job = collect(args.bootstrap_servers, [args.topic, args.dlq_topic], args.job_id, args.expect, args.timeout,
+                  progress=sys.stderr.isatty())
+    if args.output:
+        write_results(job, args.output)
+    print(job.summary())
+    return 0 if job.complete and not job.errors else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from eventing.jobs import failed_requests, send_events
+
+    ensure_topics(args.bootstrap_servers, [args.dlq_topic, args.topic])
+    originals = failed_requests(args.bootstrap_servers, args.dlq_topic, args.job_id, args.code)
+    count = send_events(args.bootstrap_servers, args.topic, originals, args.mode, progress=sys.stderr.isatty())
+    print(json.dumps({"job_id": args.job_id, "replayed": count, "topic": args.topic}))
+    return 0
+
+
+COMMANDS: dict[str, Any] = {"worker": _worker, "submit": _submit, "results": _results, "replay": _replay}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if not args.bootstrap_servers:
+        print("python -m eventing: --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS is required", file=sys.stderr)
+        return 2
+    try:
+        return int(COMMANDS[args.command](args))
+    except MalformedEvent as err:
+        print(f"python -m eventing {args.command}: {err}", file=sys.stderr)
+        return 2
+    except ValidationError as err:
+        first = err.errors()[0]
+        print(f"python -m eventing {args.command}: invalid {'.'.join(map(str, first['loc']))}: {first['msg']}",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

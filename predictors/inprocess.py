@@ -1,0 +1,43 @@
+"""A predictor client that runs a task in this process: the embedded demo needs no server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from predictors.client import PermanentCallError, TransientCallError
+from predictors.config import PredictorConfig
+from predictors.errors import InvalidInput
+from predictors.loading import load_task
+from predictors.tasks import TaskAdapter
+
+
+class InProcessClient:
+    def __init__(self, task: TaskAdapter[Any, Any]) -> None:
+        self._task = task
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kzero-inprocess")
+
+    @classmethod
+    def load(cls, config: PredictorConfig) -> InProcessClient:
+        task, _ = load_task(config)
+        return cls(task)
+
+    async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
+        try:
+            items = self._task.from_v1(body)
+        except InvalidInput as err:
+            raise PermanentCallError(str(err), status=400) from err
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._task.engine.run_batch, items)
+        except Exception as err:
+            raise TransientCallError(f"in-process inference failed: {type(err).__name__}: {err}") from err
+        failed = next((o for o in outputs if isinstance(o, Exception)), None)
+        if failed is not None:
+            raise PermanentCallError(str(failed), status=400)
+        return self._task.to_v1(outputs)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False)
