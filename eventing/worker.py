@@ -15,6 +15,7 @@ assigned partitions are paused (polling goes on, so the group never times this w
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import threading
 import time
@@ -206,17 +207,18 @@ class Worker:
 
     def _dead_letter(self, item: Item, failure: Failure) -> Event:
         record = item.record
-        raw = None
-        if item.event is None:
-            import base64
-
+        raw, requestid = None, None
+        if item.event is None:  # not even a CloudEvent: keep the record itself, and its id if it had one
             raw = {"value_base64": base64.b64encode(record.value or b"").decode(),
                    "key": record.key.decode("utf-8", "replace") if record.key else None,
                    "headers": {k: v.decode("utf-8", "replace") for k, v in record.headers}}
+            ce_id = record.header("ce_id")
+            requestid = ce_id.decode("utf-8", "replace") if ce_id else None
         assert record.partition is not None and record.offset is not None
         return error_event(
             code=failure.code, message=failure.message, attempts=failure.attempts, source=self._config.source,
-            original=item.event, original_raw=raw, origin=(record.topic, record.partition, record.offset),
+            original=item.event, original_raw=raw, requestid=requestid,
+            origin=(record.topic, record.partition, record.offset),
         )
 
     def _emit(self, batch: Batch) -> None:

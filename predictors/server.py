@@ -29,7 +29,9 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
+from kserve.protocol.rest.v1_endpoints import V1Endpoints
 
+from predictors.cloudevents_http import cloudevents_router
 from predictors.config import PredictorConfig
 from predictors.errors import InvalidInput, ModelNotFound, Overloaded, PredictorError, Unavailable
 from predictors.metrics import PredictorMetrics
@@ -109,8 +111,12 @@ class PredictorGRPCServer(GRPCServer):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def install_http(app: FastAPI, model: BatchedModel, metrics: PredictorMetrics) -> None:
-    """Routes, error handlers and middleware added to KServe's app before it starts."""
+def install_http(app: FastAPI, model: BatchedModel, metrics: PredictorMetrics, dataplane: DataPlane) -> None:
+    """Routes, error handlers and middleware added to KServe's app before it starts.
+
+    Routes added here come before KServe's and so win for the same path: CloudEvents on the v1
+    predict route are answered here, other v1 requests are handed to KServe's handler.
+    """
 
     async def predictor_error(_: Request, err: Exception) -> Response:
         assert isinstance(err, PredictorError)
@@ -128,6 +134,7 @@ def install_http(app: FastAPI, model: BatchedModel, metrics: PredictorMetrics) -
     app.add_exception_handler(PredictorError, predictor_error)
     app.add_exception_handler(RequestValidationError, request_invalid)
     app.include_router(openai_router(model))
+    app.include_router(cloudevents_router(model, V1Endpoints(dataplane).predict))
 
     @app.middleware("http")
     async def readiness_and_metrics(request: Request, call_next: Handler) -> Response:
@@ -167,7 +174,7 @@ class PredictorServer(ModelServer):
     def start(self, models: list[Any] | None = None) -> None:
         from kserve.model_server import app
 
-        install_http(app, self.model, self.metrics)
+        install_http(app, self.model, self.metrics, self.dataplane)
         self.register_model(self.model)
         self.servers.append(self.model.load_in_background())
         self._rest_server = RESTServer(

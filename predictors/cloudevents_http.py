@@ -1,0 +1,119 @@
+"""CloudEvents over HTTP on the v1 predict route: what Knative (KafkaSource, Trigger) delivers to a sink.
+
+KServe decodes CloudEvents itself but requires ``time``, which the spec makes optional and Knative
+often leaves out, and knows no batches. Here binary, structured and batch requests are answered
+in their own mode with ``dev.kzero.inference.result`` events (never a request type, so a Trigger
+filtering on the request type does not loop); every other request goes on to KServe's v1 handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request, Response
+
+from eventing.errors import MalformedEvent
+from eventing.events import TRACE_CONTEXT, Event, error_event, from_structured_dict, result_event, validate_request
+from eventing.http_binding import BATCH_CONTENT_TYPE, events_from_http, http_reply, is_cloudevent
+from eventing.processing import INVALID_EVENT, REJECTED, UNAVAILABLE
+from predictors.errors import InvalidInput, ModelNotFound, PredictorError
+
+if TYPE_CHECKING:
+    from predictors.model import BatchedModel
+
+PREDICT_PATH = "/v1/models/{model_name}:predict"
+
+Predict = Callable[[dict[str, Any], dict[str, str]], Awaitable[Any]]
+"""A v1 request body and trace headers in, the v1 response body out (``BatchedModel.predict``)."""
+
+V1Handler = Callable[[str, Request], Awaitable[Response | dict[str, Any]]]
+"""KServe's v1 predict handler, for requests that are not CloudEvents."""
+
+
+def event_source(model_name: str) -> str:
+    return f"/kzero/predictors/{model_name}"
+
+
+async def answer(
+    predict: Predict, headers: Mapping[str, str], body: bytes, *, source: str
+) -> tuple[dict[str, str], bytes]:
+    """The HTTP reply (headers, body) to a CloudEvents request, in the request's mode.
+
+    A single event that is malformed or not an inference request raises ``InvalidInput``, and a
+    model error propagates, for the server's usual error mapping. In a batch each event fails alone:
+    its position in the reply holds a ``dev.kzero.inference.error`` event.
+    """
+    if _media_type(headers) == BATCH_CONTENT_TYPE:
+        items = _batch_items(body)
+        replies = await asyncio.gather(*(_answer_item(predict, item, headers, source) for item in items))
+        return http_reply(list(replies), "batch")
+    try:
+        (event,), mode = events_from_http(headers, body)
+        request_body = validate_request(event)
+    except MalformedEvent as err:
+        raise InvalidInput(err.field, err.problem) from err
+    response = await predict(request_body, _trace_context(event, headers))
+    return http_reply([result_event(event, response, source=source)], mode)
+
+
+def cloudevents_router(model: BatchedModel, fallback: V1Handler) -> APIRouter:
+    """The v1 predict route answering CloudEvents; registered before KServe's, which gets the rest."""
+    router = APIRouter()
+
+    @router.post(PREDICT_PATH, response_model=None)
+    async def predict(model_name: str, request: Request) -> Response | dict[str, Any]:
+        if not is_cloudevent(request.headers):
+            return await fallback(model_name, request)
+        if model_name != model.name:
+            raise ModelNotFound(model_name, [model.name])
+        headers, body = await answer(model.predict, request.headers, await request.body(),
+                                     source=event_source(model_name))
+        return Response(content=body, headers=headers)
+
+    return router
+
+
+async def _answer_item(predict: Predict, item: Any, headers: Mapping[str, str], source: str) -> Event:
+    try:
+        event = from_structured_dict(item)
+    except MalformedEvent as err:
+        raw = item if isinstance(item, dict) else None
+        requestid = raw.get("id") if raw is not None and isinstance(raw.get("id"), str) else None
+        return error_event(code=INVALID_EVENT, message=str(err), attempts=0, source=source, original=None,
+                           original_raw=raw, requestid=requestid)
+    try:
+        request_body = validate_request(event)
+    except MalformedEvent as err:
+        return error_event(code=INVALID_EVENT, message=str(err), attempts=0, source=source, original=event)
+    try:
+        response = await predict(request_body, _trace_context(event, headers))
+    except PredictorError as err:
+        # Same codes as the eventing worker's DLQ: the caller's fault is final, the rest may be retried.
+        code = REJECTED if isinstance(err, InvalidInput) else UNAVAILABLE
+        return error_event(code=code, message=str(err), attempts=1, source=source, original=event)
+    return result_event(event, response, source=source)
+
+
+def _batch_items(body: bytes) -> list[Any]:
+    """The members of a batch, not yet parsed as events, so that a malformed one fails only itself."""
+    try:
+        items = json.loads(body)
+    except ValueError as err:
+        raise InvalidInput("body", f"not valid JSON: {err}") from err
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("body", "a batch is a non-empty JSON array of events")
+    return items
+
+
+def _trace_context(event: Event, headers: Mapping[str, str]) -> dict[str, str]:
+    """The event's own trace context (distributed tracing extension), else the HTTP request's."""
+    source: Mapping[str, str | None] = event.attributes if event.get("traceparent") else headers
+    return {name: value for name in TRACE_CONTEXT if (value := source.get(name))}
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    content_type = next((value for name, value in headers.items() if name.lower() == "content-type"), "")
+    return content_type.split(";", 1)[0].strip().lower()

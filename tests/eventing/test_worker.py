@@ -1,0 +1,194 @@
+"""The worker against a real Kafka broker and a real predictor process."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+
+from eventing.events import ERROR_TYPE, RESULT_TYPE, Event, new_event, request_event
+from eventing.jobs import send_events
+from predictors.launch import PredictorProcess
+from tests.eventing.helpers import Topics, TopicReader, WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+KEYS = [f"key-{k}" for k in range(10)]
+
+
+def job(job_id: str, n: int) -> list[Event]:
+    return [
+        request_event([f"request {i} of {job_id}: events flow through kafka"], source="/tests", jobid=job_id,
+                      partitionkey=KEYS[i % len(KEYS)], id=f"{job_id}-{i:05d}")
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Topics:
+    return Topics.fresh(kafka_bootstrap)
+
+
+@pytest.fixture
+def workers(kafka_bootstrap: str, topics: Topics, embed_server: PredictorProcess, tmp_path: Path) -> Iterator:
+    started: list[WorkerProcess] = []
+
+    def start(*extra: str, predictor_url: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(kafka_bootstrap, topics, predictor_url or embed_server.url,
+                               tmp_path / f"worker-{len(started)}.log", list(extra)).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_round_trip_keeps_per_partition_order(kafka_bootstrap: str, topics: Topics, workers, mode: str) -> None:
+    events = job("rt", 1000)
+    workers("--max-batch", "64", "--output-mode", mode)
+    send_events(kafka_bootstrap, topics.requests, events, mode, progress=False)  # type: ignore[arg-type]
+    results = TopicReader(kafka_bootstrap, topics.results)
+    results.wait_for(lambda r: len(r.request_ids()) >= 1000, timeout_s=240)
+    ids = results.request_ids()
+    assert set(ids) == {e.id for e in events} and max(ids.values()) == 1
+    by_id = {e.id: e for e in events}
+    per_key: dict[str, list[str]] = defaultdict(list)
+    for record, event in zip(results.records, results.events, strict=True):
+        assert event.type == RESULT_TYPE and event.get("jobid") == "rt"
+        request = by_id[event.get("requestid")]
+        assert event.get("partitionkey") == request.get("partitionkey") == record.key.decode()
+        assert len(event.data["predictions"]) == 1 and len(event.data["predictions"][0]) == 384
+        per_key[event.get("partitionkey")].append(event.get("requestid"))
+    for key, requestids in per_key.items():
+        assert requestids == sorted(requestids), f"results for {key} out of order"
+    if mode == "structured":
+        assert all(dict(r.headers)["content-type"].startswith(b"application/cloudevents+json") for r in results.records)
+    results.close()
+
+
+def test_poison_events_are_dead_lettered_with_reasons(kafka_bootstrap: str, topics: Topics, workers) -> None:
+    good = job("poison", 20)
+    wrong_type = new_event("com.example.other", "/tests", {"instances": ["x"]}, id="wrong-type", jobid="poison")
+    no_instances = new_event("dev.kzero.inference.request", "/tests", {"inputs": ["x"]}, id="no-inst", jobid="poison")
+    rejected = request_event([""], source="/tests", jobid="poison", id="empty-text")
+    send_events(kafka_bootstrap, topics.requests, [*good[:10], wrong_type, no_instances, rejected, *good[10:]],
+                "binary", progress=False)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(topics.requests, value=b"{not json", headers=[
+        ("ce_specversion", b"1.0"), ("ce_id", b"bad-json"), ("ce_source", b"/tests"),
+        ("ce_type", b"dev.kzero.inference.request"), ("content-type", b"application/json")])
+    producer.send(topics.requests, value=b"plain bytes, not an event", key=b"k1")
+    producer.flush()
+    producer.close()
+    workers()
+    results, dlq = TopicReader(kafka_bootstrap, topics.results), TopicReader(kafka_bootstrap, topics.dlq)
+    results.wait_for(lambda r: len(r.events) >= 20, timeout_s=120)
+    dlq.wait_for(lambda r: len(r.events) >= 5, timeout_s=60)
+    assert set(results.request_ids()) == {e.id for e in good}
+    errors = {e.get("requestid"): e for e in dlq.events}
+    assert all(e.type == ERROR_TYPE and e.get("sourcetopic") == topics.requests for e in errors.values())
+    assert errors["wrong-type"].get("errorcode") == "invalid-event" and "type" in errors["wrong-type"].get(
+        "errormessage")
+    assert "data.instances" in errors["no-inst"].get("errormessage")
+    assert errors["empty-text"].get("errorcode") == "rejected"
+    assert "instances[0]: must not be empty" in errors["empty-text"].get("errormessage")
+    assert errors["empty-text"].data["request"]["id"] == "empty-text"
+    assert errors["bad-json"].get("errorcode") == "invalid-event" and "data" in errors["bad-json"].get("errormessage")
+    [wrapped] = [e for e in dlq.events if e.get("requestid", "").startswith("partition:")]
+    assert wrapped.data["request"]["type"] == "dev.knative.kafka.event"
+    assert int(wrapped.get("sourceoffset")) >= 0
+    results.close()
+    dlq.close()
+
+
+def _committed(bootstrap: str, topics: Topics) -> dict[int, int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(topics.group)[topics.group]
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topics.requests}
+
+
+def _ends(bootstrap: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_sigkill_mid_job_loses_nothing(kafka_bootstrap: str, topics: Topics, workers, exactly_once: bool) -> None:
+    events = job("kill", 1000)
+    extra = ["--max-batch", "32", "--transactional-id", f"tx-{topics.group}"] if exactly_once else ["--max-batch", "32"]
+    if exactly_once:
+        extra.append("--exactly-once")
+    send_events(kafka_bootstrap, topics.requests, events, "binary", progress=False)
+    results = TopicReader(kafka_bootstrap, topics.results)
+    for threshold in (150, 400, 650):
+        worker = workers(*extra)
+        results.wait_for(lambda r, t=threshold: len(r.events) >= t, timeout_s=180)
+        worker.kill()
+    last = workers(*extra)
+    results.wait_for(lambda r: len(r.request_ids()) >= 1000, timeout_s=240)
+    results.read(3.0)  # anything still arriving
+    counts = results.request_ids()
+    assert set(counts) == {e.id for e in events}, "nothing is lost"
+    duplicates = sum(counts.values()) - len(counts)
+    if exactly_once:
+        assert duplicates == 0, f"{duplicates} duplicates visible to a read_committed reader"
+    print(json.dumps({"exactly_once": exactly_once, "duplicates": duplicates}))
+    assert last.terminate() == 0
+    assert _committed(kafka_bootstrap, topics) == _ends(kafka_bootstrap, topics.requests)
+    results.close()
+
+
+def test_predictor_outage_is_retried_then_recovers(
+    kafka_bootstrap: str, topics: Topics, workers, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.conftest import start_predictor
+
+    args = ["--task", "embed", "--model_id", "all-minilm-l6-v2"]
+    predictor = start_predictor(tmp_path_factory, "minilm", args)
+    port = predictor.http_port
+    workers("--max-attempts", "30", predictor_url=predictor.url)
+    events = job("outage", 300)
+    send_events(kafka_bootstrap, topics.requests, events[:100], "binary", progress=False)
+    results = TopicReader(kafka_bootstrap, topics.results)
+    results.wait_for(lambda r: len(r.events) >= 100, timeout_s=120)
+    predictor.stop()
+    send_events(kafka_bootstrap, topics.requests, events[100:], "binary", progress=False)
+    results.read(3.0)
+    assert len(results.request_ids()) == 100, "no results while the predictor is down"
+    restarted = PredictorProcess(args, model_name="minilm", http_port=port, log_path=predictor.log_path).start()
+    try:
+        restarted.wait_ready()
+        results.wait_for(lambda r: len(r.request_ids()) >= 300, timeout_s=240)
+    finally:
+        restarted.stop()
+    dlq = TopicReader(kafka_bootstrap, topics.dlq)
+    assert dlq.read(1.0) == 0
+    results.close()
+    dlq.close()
+
+
+def test_sigterm_finishes_commits_and_exits_cleanly(kafka_bootstrap: str, topics: Topics, workers) -> None:
+    events = job("term", 200)
+    worker = workers()
+    send_events(kafka_bootstrap, topics.requests, events, "binary", progress=False)
+    results = TopicReader(kafka_bootstrap, topics.results)
+    results.wait_for(lambda r: len(r.request_ids()) >= 200, timeout_s=120)
+    assert worker.terminate(timeout=60) == 0
+    assert _committed(kafka_bootstrap, topics) == _ends(kafka_bootstrap, topics.requests)
+    assert "worker stopped after emitting 200 events" in worker.log_path.read_text()
+    results.close()
