@@ -96,7 +96,7 @@ class TopicReader:
                     self.events.append(from_record(kafka_record))
         return len(self.events)
 
-    def wait_for(self, predicate, timeout_s: float) -> None:  # noqa: ANN001
+    def wait_for(self, predicate, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate(self):
             if time.monotonic() > deadline:

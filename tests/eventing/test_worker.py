@@ -13,7 +13,7 @@ from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from eventing.events import ERROR_TYPE, RESULT_TYPE, Event, new_event, request_event
 from eventing.jobs import send_events
 from predictors.launch import PredictorProcess
-from tests.eventing.helpers import Topics, TopicReader, WorkerProcess
+from tests.eventing.helpers import TopicReader, Topics, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +192,32 @@ def test_sigterm_finishes_commits_and_exits_cleanly(kafka_bootstrap: str, topics
     assert _committed(kafka_bootstrap, topics) == _ends(kafka_bootstrap, topics.requests)
     assert "worker stopped after emitting 200 events" in worker.log_path.read_text()
     results.close()
+
+
+def test_broker_restart_mid_job_loses_nothing(embed_server: PredictorProcess, tmp_path: Path) -> None:
+    from tests.kafka_fixture import _free_ports, run_kafka_script
+
+    port, controller = _free_ports(2)
+    env = {"KZERO_KAFKA_PORT": str(port), "KZERO_KAFKA_CONTROLLER_PORT": str(controller),
+           "KZERO_KAFKA_DATA": str(tmp_path / "kafka")}
+    started = run_kafka_script("start", env)
+    assert started.returncode == 0, started.stderr
+    bootstrap = started.stdout.strip().splitlines()[-1]
+    topics = Topics.fresh(bootstrap)
+    worker = WorkerProcess(bootstrap, topics, embed_server.url, tmp_path / "worker.log").start()
+    try:
+        events = job("restart", 600)
+        send_events(bootstrap, topics.requests, events, "binary", progress=False)
+        results = TopicReader(bootstrap, topics.results)
+        results.wait_for(lambda r: len(r.events) >= 150, timeout_s=120)
+        results.close()
+        assert run_kafka_script("stop", env).returncode == 0
+        assert run_kafka_script("start", env).returncode == 0
+        results = TopicReader(bootstrap, topics.results)
+        results.wait_for(lambda r: len(r.request_ids()) >= 600, timeout_s=300)
+        assert set(results.request_ids()) == {e.id for e in events}
+        results.close()
+        assert worker.terminate() == 0
+    finally:
+        worker.stop()
+        run_kafka_script("stop", env)
