@@ -1,14 +1,23 @@
-"""`make demo`: both packaged models behind real predictor servers, called over v1, v2, gRPC and OpenAI.
+"""`make demo`: the main job on the embedded default, end to end on this machine.
 
-Starts the embedding and the generation predictor on free loopback ports, sends one request of
-each protocol to each, prints answers and timings, and shuts both down.
+1. Starts the embedding and the generation predictor on free loopback ports and sends one request
+   of each protocol (v1, v2, gRPC, OpenAI) to each, printing answers and timings.
+2. Starts a single-node Kafka broker (scripts/kafka.sh, or $KAFKA_BOOTSTRAP_SERVERS), runs the
+   eventing worker against the embedding predictor, submits a batch job of CloudEvents, collects
+   every result and prints the job's throughput.
+Everything is shut down at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +25,8 @@ import openai
 from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
+from eventing.jobs import collect, submit
 from predictors.launch import PredictorProcess
 
 LOGS = Path("data/demo-logs")
@@ -80,6 +91,42 @@ async def generate_demo(server: PredictorProcess) -> None:
     print(f"  streamed  -> {''.join(pieces)!r} in {len([p for p in pieces if p])} pieces")
 
 
+def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    started_broker = bootstrap is None
+    if started_broker:
+        print("starting Kafka (first run downloads the jars from Maven Central) ...")
+        out = subprocess.run(["bash", "scripts/kafka.sh", "start"], capture_output=True, text=True, check=True)
+        bootstrap = out.stdout.strip().splitlines()[-1]
+    print(f"  broker at {bootstrap}")
+    job_id = f"demo-{uuid.uuid4().hex[:6]}"
+    source = LOGS / "job.jsonl"
+    source.write_text("".join(json.dumps(f"document {i}: scale to zero, wake on events") + "\n" for i in range(jobs)))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "eventing", "worker", "--bootstrap-servers", bootstrap, "--predictor-url", embed.url,
+         "--model", "minilm", "--group", f"demo-{job_id}", "--max-batch", "64"],
+        stdout=(LOGS / "worker.log").open("ab"), stderr=subprocess.STDOUT,
+    )
+    try:
+        started = time.perf_counter()
+        with source.open() as lines:
+            count = submit(bootstrap, DEFAULT_REQUESTS, job_id, lines, progress=False)
+        print(f"  submitted job {job_id}: {count} request events to {DEFAULT_REQUESTS}")
+        job = collect(bootstrap, [DEFAULT_RESULTS, DEFAULT_DLQ], job_id, count, timeout_s=600, progress=False)
+        seconds = time.perf_counter() - started
+        print(f"  {job.summary()}")
+        print(f"  {count} events in {seconds:.1f}s = {count / seconds:.0f} events/s (Kafka, worker, predictor)")
+        sample = next(iter(job.results.values()))
+        print(f"  a result event: type {sample.type}, requestid {sample.get('requestid')}, "
+              f"{len(sample.data['predictions'][0])}-d embedding")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        print(f"  worker exited with {worker.wait(60)} after SIGTERM")
+        if started_broker:
+            subprocess.run(["bash", "scripts/kafka.sh", "stop"], capture_output=True, check=False)
+            print("  broker stopped")
+
+
 def main() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     embed = PredictorProcess(["--task", "embed", "--model_id", "all-minilm-l6-v2"], model_name="minilm",
@@ -95,7 +142,9 @@ def main() -> int:
         asyncio.run(embed_demo(embed))
         print("\ngeneration: SmolLM2-135M-Instruct")
         asyncio.run(generate_demo(generate))
-    print("\nboth predictors stopped cleanly")
+        print("\nbatch job: CloudEvents over Kafka")
+        kafka_demo(embed)
+    print("\npredictors stopped cleanly")
     return 0
 
 
