@@ -77,7 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_kserve_without_our_argv() -> None:
+    """KServe parses ``sys.argv`` when imported (kserve.model_server) and exits on flags it reads
+    differently, such as ``--protocol in-process``; import it once with our arguments hidden."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve  # noqa: F401
+    finally:
+        sys.argv = argv
+
+
 def _worker(args: argparse.Namespace) -> int:
+    _import_kserve_without_our_argv()
     from eventing.config import WorkerConfig
     from eventing.processing import Processor
     from eventing.worker import Worker, kafka_clients

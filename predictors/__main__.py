@@ -98,7 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line per request and phase
     telemetry = setup_telemetry(f"kzero-predictor-{config.model_name}", dict(os.environ))
     metrics = PredictorMetrics()
     metrics.cold_start.labels("import").set(import_s)

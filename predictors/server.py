@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from grpc import StatusCode, aio
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import ModelNotReady, ServerNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
@@ -69,6 +70,11 @@ def grpc_status(err: PredictorError) -> StatusCode:
     if isinstance(err, Unavailable):
         return StatusCode.UNAVAILABLE
     return StatusCode.INTERNAL
+
+
+def _drop_not_ready_tracebacks(record: logging.LogRecord) -> bool:
+    """A 503 from /v2/health/ready while the model loads is expected; KServe logs a traceback for each."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ServerNotReady | ModelNotReady))
 
 
 class ReadinessDataPlane(DataPlane):
@@ -170,6 +176,9 @@ class PredictorServer(ModelServer):
         self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
         self.model = model
         self.metrics = metrics
+        # KServe configures its loggers in ModelServer.__init__; quieten them only now.
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # two lines per request
+        logging.getLogger("kserve").addFilter(_drop_not_ready_tracebacks)
 
     def start(self, models: list[Any] | None = None) -> None:
         from kserve.model_server import app

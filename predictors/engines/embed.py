@@ -37,6 +37,8 @@ class EmbedEngine:
         return int(self._model.max_seq_length)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
         encoded = self._model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
         return [len(ids) for ids in encoded]
 

@@ -15,6 +15,8 @@ from predictors.engines.embed import EmbedEngine
 from predictors.errors import InvalidInput
 from predictors.validation import v1_instances, v2_texts
 
+_SPECIAL_TOKENS = 4  # room for [CLS]/[SEP]-style tokens a tokenizer adds
+
 
 class EmbedTask:
     def __init__(self, engine: EmbedEngine, limits: LimitsConfig) -> None:
@@ -32,7 +34,9 @@ class EmbedTask:
             if not text.strip():
                 raise InvalidInput(f"{field}[{i}]", "must not be empty")
         limit = min(self.engine.max_tokens, self._limits.max_input_tokens)
-        for i, count in enumerate(self.engine.count_tokens(texts)):
+        # A token covers at least one UTF-8 byte, so short texts need no tokenizer pass here.
+        long = [i for i, text in enumerate(texts) if len(text.encode()) + _SPECIAL_TOKENS > limit]
+        for i, count in zip(long, self.engine.count_tokens([texts[i] for i in long]), strict=True):
             if count > limit:
                 raise InvalidInput(f"{field}[{i}]", f"{count} tokens exceed the model's limit of {limit}")
         return list(texts)

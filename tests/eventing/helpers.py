@@ -38,7 +38,7 @@ class Topics:
 class WorkerProcess:
     bootstrap: str
     topics: Topics
-    predictor_url: str
+    predictor_url: str | None
     log_path: Path
     extra: list[str] = field(default_factory=list)
     model: str = "minilm"
@@ -48,9 +48,10 @@ class WorkerProcess:
         command = [
             sys.executable, "-m", "eventing", "worker", "--bootstrap-servers", self.bootstrap,
             "--input-topic", self.topics.requests, "--output-topic", self.topics.results,
-            "--dlq-topic", self.topics.dlq, "--group", self.topics.group, "--predictor-url", self.predictor_url,
-            "--model", self.model, *self.extra,
+            "--dlq-topic", self.topics.dlq, "--group", self.topics.group, "--model", self.model, *self.extra,
         ]
+        if self.predictor_url is not None:
+            command += ["--predictor-url", self.predictor_url]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
         return self

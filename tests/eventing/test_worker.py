@@ -72,6 +72,24 @@ def test_round_trip_keeps_per_partition_order(kafka_bootstrap: str, topics: Topi
     results.close()
 
 
+def test_in_process_predictor_for_the_embedded_demo(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    extra = ["--protocol", "in-process", "--task", "embed", "--model-id", "all-minilm-l6-v2"]
+    worker = WorkerProcess(kafka_bootstrap, topics, None, tmp_path / "worker.log", extra).start()
+    try:
+        events = [*job("inproc", 50), request_event([""], source="/tests", jobid="inproc", id="inproc-empty")]
+        send_events(kafka_bootstrap, topics.requests, events, "structured", progress=False)
+        results, dlq = TopicReader(kafka_bootstrap, topics.results), TopicReader(kafka_bootstrap, topics.dlq)
+        results.wait_for(lambda r: len(r.request_ids()) >= 50, timeout_s=180)
+        dlq.wait_for(lambda r: len(r.events) >= 1, timeout_s=30)
+        assert len(results.events[0].data["predictions"][0]) == 384
+        assert dlq.events[0].get("errorcode") == "rejected" and "instances[0]" in dlq.events[0].get("errormessage")
+        results.close()
+        dlq.close()
+        assert worker.terminate() == 0
+    finally:
+        worker.stop()
+
+
 def test_poison_events_are_dead_lettered_with_reasons(kafka_bootstrap: str, topics: Topics, workers) -> None:
     good = job("poison", 20)
     wrong_type = new_event("com.example.other", "/tests", {"instances": ["x"]}, id="wrong-type", jobid="poison")

@@ -1,0 +1,121 @@
+"""Embedding throughput: adaptive batching vs one text per forward pass vs the raw in-process model limit.
+
+64 closed-loop clients each post one short text per request to (a) a server batching up to 64 texts
+within 5 ms and (b) the same server with ``--max_batch_size 1``. Then, with no server running, (c)
+``EmbedEngine.run_batch`` is timed in this process over several batch sizes; its best texts/s is the
+ceiling that the batched server is compared against.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from common import (
+    bench_server,
+    check,
+    cpu_now,
+    cpu_usage,
+    load_headers,
+    load_notes,
+    load_row,
+    machine_info,
+    parse_args,
+    post_json,
+    report,
+    table,
+)
+
+MODEL_ID = "all-minilm-l6-v2"
+TEXT = "sentence number {i} about kafka and kserve"
+CLIENTS = 64
+RAW_BATCH_SIZES = (1, 8, 16, 32, 64, 128)
+CONFIGS = {"batched": 64, "unbatched": 1}  # --max_batch_size
+TARGETS = {"cpu": (4.0, 0.5), "gpu": (10.0, 0.6)}  # batched/unbatched, batched/raw
+
+
+def server_args(max_batch_size: int) -> list[str]:
+    return ["--task", "embed", "--model_id", MODEL_ID, "--max_batch_size", str(max_batch_size),
+            "--max_batch_latency_ms", "5"]
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"instances": [TEXT.format(i=i)]}
+
+
+def probe(url: str) -> int:
+    """Two texts in one request come back as two vectors; returns the embedding dimension."""
+    body = post_json(url, {"instances": [TEXT.format(i=0), TEXT.format(i=1)]})
+    vectors = body["predictions"]
+    if len(vectors) != 2 or not all(isinstance(x, float) for x in vectors[0]):
+        raise RuntimeError(f"unexpected embed response: {str(body)[:200]}")
+    return len(vectors[0])
+
+
+def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
+    """texts/s of ``EmbedEngine.run_batch`` in this process, per batch size."""
+    from transformers.utils import logging as hf_logging
+
+    from predictors.device import resolve_placement
+    from predictors.engines.embed import EmbedEngine
+    from predictors.packaged import resolve_packaged
+
+    hf_logging.disable_progress_bar()
+    placement = resolve_placement("auto", "auto")
+    engine = EmbedEngine.load(resolve_packaged(MODEL_ID).location()[0], placement)
+    engine.warmup()
+    rows = []
+    for size in RAW_BATCH_SIZES:
+        batches = 0
+        engine.run_batch([TEXT.format(i=i) for i in range(size)])  # warm this shape
+        started, cpu = time.perf_counter(), cpu_now(None)
+        while (elapsed := time.perf_counter() - started) < seconds_per_size or batches < 3:
+            engine.run_batch([TEXT.format(i=batches * size + i) for i in range(size)])
+            batches += 1
+        rows.append({"batch_size": size, "batches": batches, "seconds": elapsed,
+                     "texts_per_s": batches * size / elapsed, "ms_per_batch": elapsed / batches * 1e3,
+                     "other_cores": cpu_usage(cpu, elapsed, None)["other_cores"]})
+    return rows
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    duration = args.duration or (3.0 if args.quick else 20.0)
+    raw_seconds = 0.5 if args.quick else 2.0
+    machine = machine_info()
+    runs = {
+        label: bench_server(server_args(size), f"embed-{label}", payload, clients=CLIENTS, duration_s=duration,
+                            warmup_clients=CLIENTS, probe=probe)
+        for label, size in CONFIGS.items()
+    }
+    raw = raw_limit(raw_seconds)  # after the servers stopped, so nothing competes for the cores
+    best_raw = max(raw, key=lambda r: r["texts_per_s"])
+    batched, unbatched = runs["batched"], runs["unbatched"]
+    vs_unbatched = batched["requests_per_s"] / unbatched["requests_per_s"]
+    vs_raw = batched["requests_per_s"] / best_raw["texts_per_s"]
+    kind = "gpu" if machine["cuda_device"] else "cpu"
+    target_unbatched, target_raw = TARGETS[kind]
+
+    server_table = table(
+        ["config", "max_batch_size", *load_headers("texts")],
+        [[r["config"], size, *load_row(r)] for size, r in zip(CONFIGS.values(), runs.values(), strict=True)],
+    )
+    raw_table = table(["raw batch size", "texts/s", "ms/batch", "other cores"],
+                      [[r["batch_size"], r["texts_per_s"], r["ms_per_batch"], r["other_cores"]] for r in raw])
+    ratio_table = table(
+        ["ratio", "value", f"target ({kind})"],
+        [["batched / unbatched", f"{vs_unbatched:.2f}x", check(vs_unbatched, target_unbatched)],
+         ["batched / raw limit", f"{vs_raw:.2f}x", check(vs_raw, target_raw)]],
+    )
+    notes = (f"{CLIENTS} clients, one text per request, {duration:g}s per server config; embedding dim "
+             f"{batched['probe']}; raw limit = best of batch sizes {list(RAW_BATCH_SIZES)} "
+             f"({best_raw['texts_per_s']:,.0f} texts/s at {best_raw['batch_size']})")
+    notes += "\n\n" + load_notes(list(runs.values()), {f"raw batch {r['batch_size']}": r["other_cores"] for r in raw})
+    report("Embedding: adaptive batching", machine, [notes, server_table, raw_table, ratio_table], "embed_batching",
+           {"clients": CLIENTS, "duration_s": duration, "servers": runs, "raw": raw, "raw_best": best_raw,
+            "ratios": {"batched_over_unbatched": vs_unbatched, "batched_over_raw": vs_raw},
+            "targets": {"kind": kind, "batched_over_unbatched": target_unbatched, "batched_over_raw": target_raw}})
+
+
+if __name__ == "__main__":
+    main()
