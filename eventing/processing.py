@@ -1,13 +1,18 @@
-"""Run a micro-batch of inference requests through a predictor: retries, isolation, outcomes."""
+"""Handlers of consumed events: validate each, process a micro-batch, one outcome per event.
+
+``Processor`` runs inference requests through a predictor (retries, isolation of bad requests);
+other handlers (e.g. RAG document upserts) plug into the same worker through ``EventHandler``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from eventing.calls import Call, plan, split
+from eventing.events import Event, validate_request
 from predictors.client import PermanentCallError, PredictorClient, TransientCallError
 from predictors.retry import RetryPolicy, call_with_retries
 
@@ -35,8 +40,23 @@ UNAVAILABLE = "unavailable"
 BAD_RESPONSE = "bad-response"
 
 
+class EventHandler(Protocol):
+    emits_results: bool
+    """Whether a success produces a result event (inference) or nothing (e.g. a document upsert)."""
+
+    def validate(self, event: Event) -> dict[str, Any]:
+        """The event's data, checked; raises ``MalformedEvent`` for events to dead-letter at once."""
+        ...
+
+    async def process(
+        self, requests: Sequence[dict[str, Any]], headers: Sequence[Mapping[str, str]] | None = None
+    ) -> list[Outcome]: ...
+
+
 class Processor:
     """Turns request bodies into one outcome each; a permanent failure is isolated to its request."""
+
+    emits_results = True
 
     def __init__(
         self, client: PredictorClient, model: str, policy: RetryPolicy, max_instances: int,
@@ -45,6 +65,9 @@ class Processor:
         self._model = model
         self._policy = policy
         self._max_instances = max_instances
+
+    def validate(self, event: Event) -> dict[str, Any]:
+        return validate_request(event)
 
     async def process(
         self, requests: Sequence[dict[str, Any]], headers: Sequence[Mapping[str, str]] | None = None

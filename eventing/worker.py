@@ -31,10 +31,10 @@ from kafka.structs import OffsetAndMetadata
 
 from eventing.config import WorkerConfig
 from eventing.errors import MalformedEvent
-from eventing.events import Event, error_event, result_event, validate_request
+from eventing.events import Event, error_event, result_event
 from eventing.kafka_binding import KafkaRecord, from_client_record, from_record, to_record
 from eventing.offsets import OffsetTracker
-from eventing.processing import INVALID_EVENT, Failure, Outcome, Processor, Success
+from eventing.processing import INVALID_EVENT, EventHandler, Failure, Outcome, Success
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,14 @@ class Worker:
     def __init__(
         self,
         config: WorkerConfig,
-        processor: Processor,
+        handler: EventHandler,
         consumer: KafkaConsumer,
         producer: KafkaProducer,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
-        self._processor = processor
+        self._handler = handler
         self._consumer = consumer
         self._producer = producer
         self._clock = clock
@@ -149,7 +149,7 @@ class Worker:
         event = None
         try:
             event = from_record(record)
-            return Item(partition, record, event, validate_request(event))
+            return Item(partition, record, event, self._handler.validate(event))
         except MalformedEvent as err:
             return Item(partition, record, event, None, Failure(INVALID_EVENT, str(err), 0))
 
@@ -162,7 +162,7 @@ class Worker:
             del self._pending[: self._config.max_batch]
             requests = [item.data for item in items if item.failure is None]
             headers = [_trace_headers(item.event) for item in items if item.failure is None]
-            future = asyncio.run_coroutine_threadsafe(self._processor.process(requests, headers), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._handler.process(requests, headers), self._loop)
             self._in_flight.append(Batch(items, future))
 
     def _emit_completed(self, wait_s: float = 0.0) -> None:
@@ -197,9 +197,10 @@ class Worker:
         records = []
         for item, outcome in zip(batch.items, self._outcomes(batch), strict=True):
             if isinstance(outcome, Success):
-                assert item.event is not None
-                event = result_event(item.event, outcome.response, source=self._config.source)
-                records.append(to_record(event, self._config.output_topic, self._config.output_mode))
+                if self._handler.emits_results:
+                    assert item.event is not None
+                    event = result_event(item.event, outcome.response, source=self._config.source)
+                    records.append(to_record(event, self._config.output_topic, self._config.output_mode))
             else:
                 records.append(to_record(self._dead_letter(item, outcome), self._config.dlq_topic,
                                          self._config.output_mode))

@@ -16,7 +16,11 @@ class InvalidInput(PredictorError, ValueError):
         self.problem = problem
 
 
-class ModelNotFound(PredictorError, LookupError):
+class NotFound(PredictorError, LookupError):
+    """The request names something this server does not have (HTTP 404, gRPC NOT_FOUND)."""
+
+
+class ModelNotFound(NotFound):
     def __init__(self, name: str, available: list[str]) -> None:
         super().__init__(f"model {name!r} is not served here; available: {', '.join(available) or 'none'}")
         self.name = name

@@ -34,7 +34,7 @@ from kserve.protocol.rest.v1_endpoints import V1Endpoints
 
 from predictors.cloudevents_http import cloudevents_router
 from predictors.config import PredictorConfig
-from predictors.errors import InvalidInput, ModelNotFound, Overloaded, PredictorError, Unavailable
+from predictors.errors import InvalidInput, NotFound, Overloaded, PredictorError, Unavailable
 from predictors.metrics import PredictorMetrics
 from predictors.model import BatchedModel
 from predictors.openai_api import openai_router
@@ -48,7 +48,7 @@ _INFERENCE_PREFIXES = ("/v1/models/", "/v2/models/", "/openai/v1/")
 def http_status(err: PredictorError) -> int:
     if isinstance(err, InvalidInput):
         return HTTPStatus.BAD_REQUEST
-    if isinstance(err, ModelNotFound):
+    if isinstance(err, NotFound):
         return HTTPStatus.NOT_FOUND
     if isinstance(err, Unavailable):
         return HTTPStatus.SERVICE_UNAVAILABLE
@@ -63,7 +63,7 @@ def error_response(err: PredictorError) -> JSONResponse:
 def grpc_status(err: PredictorError) -> StatusCode:
     if isinstance(err, InvalidInput):
         return StatusCode.INVALID_ARGUMENT
-    if isinstance(err, ModelNotFound):
+    if isinstance(err, NotFound):
         return StatusCode.NOT_FOUND
     if isinstance(err, Overloaded):
         return StatusCode.RESOURCE_EXHAUSTED

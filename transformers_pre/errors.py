@@ -1,0 +1,31 @@
+"""Errors of the RAG transformer; the server edge maps them like the predictors' (400/404/503)."""
+
+from __future__ import annotations
+
+from predictors.errors import InvalidInput, NotFound, PredictorError, Unavailable
+
+RETRY_AFTER_S = 5
+
+
+class TransformerError(PredictorError):
+    """Base of the transformer's own errors."""
+
+
+class BadRequest(InvalidInput, TransformerError):
+    """The question, filter or another request field is wrong (HTTP 400)."""
+
+
+class UnknownCollection(NotFound, TransformerError):
+    def __init__(self, collection: str) -> None:
+        super().__init__(f"collection: {collection!r} does not exist in the vector store")
+        self.collection = collection
+
+
+class StoreUnavailable(Unavailable, TransformerError):
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(message, retry_after_s)
+
+
+class PredictorUnavailable(Unavailable, TransformerError):
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(message, retry_after_s)

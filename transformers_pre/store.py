@@ -1,0 +1,183 @@
+"""The vector store: chunks of documents with embeddings in Milvus (Milvus Lite file or server URI).
+
+One collection holds chunks keyed ``<doc_id>#<chunk_id>`` with the document's content hash, its
+metadata (JSON) and a dense vector (cosine over normalized embeddings). The text field also
+feeds Milvus' BM25 function, so the same collection serves dense, full-text and hybrid search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from transformers_pre.errors import BadRequest, StoreUnavailable, UnknownCollection
+
+log = logging.getLogger(__name__)
+
+SearchMode = Literal["dense", "hybrid"]
+MAX_TEXT = 16_384
+_FIELDS = ["doc_id", "chunk_id", "text", "metadata"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    doc_id: str
+    chunk_id: int
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.doc_id}#{self.chunk_id}"
+
+
+@dataclass(frozen=True)
+class Passage:
+    doc_id: str
+    chunk_id: int
+    text: str
+    score: float
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def source(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "chunk_id": self.chunk_id, "text": self.text, "score": round(self.score, 6)}
+
+
+def metadata_filter(spec: str | Mapping[str, Any] | None) -> str:
+    """A Milvus filter expression: a string is used as given; a mapping means ``metadata[k] == v`` for all."""
+    if spec is None or spec == "" or spec == {}:
+        return ""
+    if isinstance(spec, str):
+        return spec
+    parts = []
+    for key, value in spec.items():
+        if not isinstance(value, str | int | float | bool):
+            raise BadRequest(f"filter.{key}", "values must be strings, numbers or booleans")
+        parts.append(f"metadata[{json.dumps(str(key))}] == {json.dumps(value)}")
+    return " and ".join(parts)
+
+
+class VectorStore:
+    def __init__(self, client: Any, collection: str) -> None:
+        self._client = client
+        self.collection = collection
+
+    @classmethod
+    def connect(cls, uri: str, collection: str) -> VectorStore:
+        from pymilvus import MilvusClient
+
+        try:
+            return cls(MilvusClient(uri), collection)
+        except Exception as err:
+            raise StoreUnavailable(f"cannot reach Milvus at {uri}: {err}") from err
+
+    def exists(self, collection: str | None = None) -> bool:
+        return bool(self._call(self._client.has_collection, collection or self.collection))
+
+    def ensure_collection(self, dim: int) -> None:
+        if self.exists():
+            return
+        from pymilvus import DataType, Function, FunctionType
+
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("chunk_id", DataType.INT64)
+        schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT, enable_analyzer=True)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(Function(name="bm25", function_type=FunctionType.BM25,
+                                     input_field_names=["text"], output_field_names=["sparse"]))
+        index = self._client.prepare_index_params()
+        index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        self._call(self._client.create_collection, self.collection, schema=schema, index_params=index)
+        log.info("created collection %s (dim %d)", self.collection, dim)
+
+    def document_hash(self, doc_id: str) -> str | None:
+        rows = self._call(self._client.query, self.collection, filter=f"doc_id == {json.dumps(doc_id)}",
+                          output_fields=["doc_hash"], limit=1)
+        return rows[0]["doc_hash"] if rows else None
+
+    def replace_document(self, doc_id: str, doc_hash: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        """Make the stored chunks of ``doc_id`` exactly ``chunks``; returns how many were written."""
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        self.delete_document(doc_id)
+        rows = [
+            {"id": c.key, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "doc_hash": doc_hash, "text": c.text[:MAX_TEXT],
+             "metadata": dict(c.metadata), "vector": v.astype(np.float32).tolist()}
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        if rows:
+            self._call(self._client.insert, self.collection, rows)
+        return len(rows)
+
+    def delete_document(self, doc_id: str) -> int:
+        result = self._call(self._client.delete, self.collection, filter=f"doc_id == {json.dumps(doc_id)}")
+        return len(result) if isinstance(result, list) else int(result.get("delete_count", 0))
+
+    def count(self) -> int:
+        stats = self._call(self._client.get_collection_stats, self.collection)
+        return int(stats.get("row_count", 0))
+
+    def search(
+        self,
+        vector: np.ndarray,
+        top_k: int,
+        *,
+        filter: str | Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        query_text: str | None = None,
+        mode: SearchMode = "dense",
+        collection: str | None = None,
+    ) -> list[Passage]:
+        name = collection or self.collection
+        if collection is not None and not self.exists(collection):
+            raise UnknownCollection(collection)
+        expression = metadata_filter(filter)
+        try:
+            if mode == "hybrid" and query_text:
+                hits = self._hybrid(name, vector, query_text, top_k, expression)
+            else:
+                hits = self._client.search(name, data=[vector.astype(np.float32).tolist()], anns_field="vector",
+                                           limit=top_k, filter=expression, output_fields=_FIELDS)[0]
+        except Exception as err:
+            raise self._classify(err, expression) from err
+        passages = [
+            Passage(h["entity"]["doc_id"], int(h["entity"]["chunk_id"]), h["entity"]["text"], float(h["distance"]),
+                    h["entity"].get("metadata") or {})
+            for h in hits
+        ]
+        if min_score is not None and mode == "dense":
+            passages = [p for p in passages if p.score >= min_score]
+        return passages
+
+    def _hybrid(self, name: str, vector: np.ndarray, text: str, top_k: int, expression: str) -> list[dict[str, Any]]:
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        dense = AnnSearchRequest(data=[vector.astype(np.float32).tolist()], anns_field="vector", param={},
+                                 limit=top_k * 2, expr=expression or None)
+        sparse = AnnSearchRequest(data=[text], anns_field="sparse", param={}, limit=top_k * 2, expr=expression or None)
+        return self._client.hybrid_search(name, [dense, sparse], ranker=RRFRanker(), limit=top_k,
+                                          output_fields=_FIELDS)[0]
+
+    @staticmethod
+    def _classify(err: Exception, expression: str) -> Exception:
+        text = str(err)
+        if expression and any(w in text.lower() for w in ("expr", "parse", "filter", "syntax", "field")):
+            return BadRequest("filter", f"invalid filter {expression!r}: {text[:300]}")
+        return StoreUnavailable(f"vector search failed: {text[:300]}")
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception as err:
+            raise StoreUnavailable(f"Milvus call {method.__name__} failed: {str(err)[:300]}") from err
