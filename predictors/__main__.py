@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from predictors.loading import load_task
     from predictors.metrics import PredictorMetrics
     from predictors.model import BatchedModel
-    from predictors.server import PredictorServer
+    from predictors.server import KzeroServer, predictor_routers
 
     import_s = _seconds_since_process_start()
     from transformers.utils import logging as hf_logging
@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger(__name__).info("process start to imports done: %.2fs", import_s)
     try:
-        PredictorServer(config, model, metrics).start()
+        KzeroServer(model, metrics, predictor_routers(model), http_port=config.http_port,
+                    grpc_port=config.grpc_port, enable_grpc=config.enable_grpc).start()
     except Exception as err:  # a model that cannot load must not look alive
         logging.getLogger(__name__).error("predictor stopped: %s", err, exc_info=err)
         return 1

@@ -24,6 +24,7 @@ from predictors.batcher import Batcher, BatcherClosed, BatcherConfig, QueueFull
 from predictors.errors import InvalidInput, NotReady, Overloaded, PredictorError, Unavailable
 from predictors.loading import LoadReport
 from predictors.metrics import PredictorMetrics
+from predictors.readiness import LoadGate
 from predictors.tasks import TaskAdapter
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,12 @@ class BatchedModel(Model):
         super().__init__(name)
         self._loader = loader
         self._batcher_config = batcher_config
-        self._load_wait_s = load_wait_s
         self._retry_after_s = retry_after_s
         self._tracer = tracer
         self._metrics = metrics
         # One model thread: loading and forward passes never run concurrently on the model.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kzero-{name}")
-        self._loaded = asyncio.Event()
-        self._load_error: BaseException | None = None
+        self._gate = LoadGate(name, load_wait_s, retry_after_s)
         self._task: TaskAdapter[Any, Any] | None = None
         self._batcher: Batcher[Work, Any] | None = None
         self.report: LoadReport | None = None
@@ -92,8 +91,7 @@ class BatchedModel(Model):
         try:
             self._task, self.report = await loop.run_in_executor(self._executor, self._loader)
         except BaseException as err:
-            self._load_error = err
-            self._loaded.set()
+            self._gate.fail(err)
             raise
         self._batcher = Batcher(
             self._run_batch,
@@ -105,22 +103,12 @@ class BatchedModel(Model):
             self._metrics.cold_start.labels(phase).set(seconds)
         self.ready = True
         self._metrics.model_ready.labels(self.name).set(1)
-        self._loaded.set()
+        self._gate.open()
         return self.report
 
     async def wait_ready(self) -> None:
-        if self.ready:
-            return
-        if not self._loaded.is_set():
-            try:
-                await asyncio.wait_for(self._loaded.wait(), self._load_wait_s)
-            except TimeoutError:
-                raise NotReady(
-                    f"model {self.name} is still loading (waited {self._load_wait_s:g}s); retry later",
-                    self._retry_after_s,
-                ) from None
-        if self._load_error is not None:
-            raise Unavailable(f"model {self.name} failed to load: {self._load_error}", self._retry_after_s)
+        if not self.ready:
+            await self._gate.wait()
 
     async def close(self) -> None:
         if self._batcher is not None:

@@ -97,7 +97,7 @@ class ChatBody(_SamplingBody):
     logprobs: Literal[False] = False
 
 
-def _openai_error(err: PredictorError) -> JSONResponse:
+def openai_error(err: PredictorError) -> JSONResponse:
     from predictors.server import http_status
 
     status = http_status(err)
@@ -115,7 +115,7 @@ def _usage(results: list[GenerationResult]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _sse(payload: dict[str, Any] | str) -> str:
+def sse(payload: dict[str, Any] | str) -> str:
     import json
 
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
@@ -134,7 +134,7 @@ def openai_router(model: BatchedModel) -> APIRouter:
                 try:
                     return await handler(request)
                 except PredictorError as err:
-                    return _openai_error(err)
+                    return openai_error(err)
 
             router.add_api_route(path, endpoint, methods=[method], response_model=None)
             return handler
@@ -285,18 +285,18 @@ def _stream(
     async def events() -> AsyncIterator[str]:
         try:
             if opening is not None:
-                yield _sse(opening)
+                yield sse(opening)
             while (text := await pieces.get()) is not None:
-                yield _sse(piece(text))
+                yield sse(piece(text))
             try:
                 [result] = await job
             except PredictorError as err:
-                yield _sse({"error": {"message": str(err), "type": "server_error"}})
+                yield sse({"error": {"message": str(err), "type": "server_error"}})
                 return
-            yield _sse(closing(result))
+            yield sse(closing(result))
             if usage_chunk is not None:
-                yield _sse(usage_chunk(result))
-            yield _sse("[DONE]")
+                yield sse(usage_chunk(result))
+            yield sse("[DONE]")
         finally:
             job.cancel()
 

@@ -17,7 +17,7 @@ from concurrent import futures
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from grpc import StatusCode, aio
@@ -33,11 +33,11 @@ from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v1_endpoints import V1Endpoints
 
 from predictors.cloudevents_http import cloudevents_router
-from predictors.config import PredictorConfig
 from predictors.errors import InvalidInput, NotFound, Overloaded, PredictorError, Unavailable
 from predictors.metrics import PredictorMetrics
 from predictors.model import BatchedModel
 from predictors.openai_api import openai_router
+from predictors.readiness import ServedModel
 from predictors.validation import field_path
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,11 @@ class PredictorGRPCServer(GRPCServer):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def install_http(app: FastAPI, model: BatchedModel, metrics: PredictorMetrics, dataplane: DataPlane) -> None:
+def install_http(app: FastAPI, model: ServedModel, metrics: PredictorMetrics, routers: list[APIRouter]) -> None:
     """Routes, error handlers and middleware added to KServe's app before it starts.
 
-    Routes added here come before KServe's and so win for the same path: CloudEvents on the v1
-    predict route are answered here, other v1 requests are handed to KServe's handler.
+    Routes added here come before KServe's and so win for the same path (e.g. CloudEvents on the
+    v1 predict route; other v1 requests are handed on to KServe's handler).
     """
 
     async def predictor_error(_: Request, err: Exception) -> Response:
@@ -139,8 +139,8 @@ def install_http(app: FastAPI, model: BatchedModel, metrics: PredictorMetrics, d
 
     app.add_exception_handler(PredictorError, predictor_error)
     app.add_exception_handler(RequestValidationError, request_invalid)
-    app.include_router(openai_router(model))
-    app.include_router(cloudevents_router(model, V1Endpoints(dataplane).predict))
+    for router in routers:
+        app.include_router(router)
 
     @app.middleware("http")
     async def readiness_and_metrics(request: Request, call_next: Handler) -> Response:
@@ -163,19 +163,32 @@ def install_http(app: FastAPI, model: BatchedModel, metrics: PredictorMetrics, d
         return None
 
 
-class PredictorServer(ModelServer):
-    def __init__(self, config: PredictorConfig, model: BatchedModel, metrics: PredictorMetrics) -> None:
+RoutersFor = Callable[[DataPlane], list[APIRouter]]
+
+
+def predictor_routers(model: BatchedModel) -> RoutersFor:
+    return lambda dataplane: [openai_router(model), cloudevents_router(model, V1Endpoints(dataplane).predict)]
+
+
+class KzeroServer(ModelServer):
+    """KServe's ModelServer serving one model that loads in the background, with kzero's edges."""
+
+    def __init__(
+        self, model: ServedModel, metrics: PredictorMetrics, routers: RoutersFor, *,
+        http_port: int, grpc_port: int, enable_grpc: bool = True,
+    ) -> None:
         super().__init__(
-            http_port=config.http_port,
-            grpc_port=config.grpc_port,
+            http_port=http_port,
+            grpc_port=grpc_port,
             workers=1,
-            enable_grpc=config.enable_grpc,
+            enable_grpc=enable_grpc,
             enable_docs_url=False,
             enable_latency_logging=False,
         )
         self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
         self.model = model
         self.metrics = metrics
+        self._routers = routers
         # KServe configures its loggers in ModelServer.__init__; quieten them only now.
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # two lines per request
         logging.getLogger("kserve").addFilter(_drop_not_ready_tracebacks)
@@ -183,8 +196,8 @@ class PredictorServer(ModelServer):
     def start(self, models: list[Any] | None = None) -> None:
         from kserve.model_server import app
 
-        install_http(app, self.model, self.metrics, self.dataplane)
-        self.register_model(self.model)
+        install_http(app, self.model, self.metrics, self._routers(self.dataplane))
+        self.register_model(self.model)  # type: ignore[arg-type]
         self.servers.append(self.model.load_in_background())
         self._rest_server = RESTServer(
             FASTAPI_APP_IMPORT_STRING,

@@ -66,6 +66,7 @@ class VectorStore:
     def __init__(self, client: Any, collection: str) -> None:
         self._client = client
         self.collection = collection
+        self._loaded: set[str] = set()
 
     @classmethod
     def connect(cls, uri: str, collection: str) -> VectorStore:
@@ -100,6 +101,16 @@ class VectorStore:
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self._call(self._client.create_collection, self.collection, schema=schema, index_params=index)
         log.info("created collection %s (dim %d)", self.collection, dim)
+
+    def load(self, collection: str | None = None) -> None:
+        """Load a collection into memory for search (a reopened Milvus collection starts released)."""
+        name = collection or self.collection
+        if name in self._loaded:
+            return
+        if not self.exists(name):
+            raise UnknownCollection(name)
+        self._call(self._client.load_collection, name)
+        self._loaded.add(name)
 
     def document_hash(self, doc_id: str) -> str | None:
         rows = self._call(self._client.query, self.collection, filter=f"doc_id == {json.dumps(doc_id)}",
@@ -140,8 +151,7 @@ class VectorStore:
         collection: str | None = None,
     ) -> list[Passage]:
         name = collection or self.collection
-        if collection is not None and not self.exists(collection):
-            raise UnknownCollection(collection)
+        self.load(name)
         expression = metadata_filter(filter)
         try:
             if mode == "hybrid" and query_text:

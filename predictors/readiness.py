@@ -1,0 +1,56 @@
+"""Honest readiness for a model that loads in the background: requests wait for it, up to a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from kserve.protocol.infer_type import InferRequest
+
+from predictors.errors import NotReady, Unavailable
+
+
+class LoadGate:
+    """Set once when loading ends (well or not); ``wait`` holds callers until then or the deadline."""
+
+    def __init__(self, name: str, wait_s: float, retry_after_s: int) -> None:
+        self._name = name
+        self._wait_s = wait_s
+        self.retry_after_s = retry_after_s
+        self._done = asyncio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._done.is_set() and self._error is None
+
+    def open(self) -> None:
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        if not self._done.is_set():
+            try:
+                await asyncio.wait_for(self._done.wait(), self._wait_s)
+            except TimeoutError:
+                raise NotReady(
+                    f"model {self._name} is still loading (waited {self._wait_s:g}s); retry later", self.retry_after_s
+                ) from None
+        if self._error is not None:
+            raise Unavailable(f"model {self._name} failed to load: {self._error}", self.retry_after_s)
+
+
+class ServedModel(Protocol):
+    """What the kzero server needs of a KServe model it serves."""
+
+    name: str
+    ready: bool
+
+    async def load_in_background(self) -> object: ...
+
+    async def wait_ready(self) -> None: ...
+
+    async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> object: ...

@@ -1,0 +1,21 @@
+"""Build the chain's dependencies from the settings: embedder, vector store, predictor client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from predictors.client import make_client
+from transformers_pre.config import TransformerConfig
+from transformers_pre.embedder import ClientEmbedder, embedder_client
+from transformers_pre.steps import ChainDeps
+from transformers_pre.store import VectorStore
+
+
+async def build_deps(config: TransformerConfig) -> ChainDeps:
+    # Loading an in-process embedder and opening Milvus Lite block: keep the server's loop free.
+    client, model = await asyncio.to_thread(embedder_client, config.embedder, config.embedder_protocol)
+    embedder = await ClientEmbedder(client, model, config.retry).start()
+    store = await asyncio.to_thread(VectorStore.connect, config.milvus_uri, config.collection)
+    target = config.predictor_host if config.predictor_protocol == "grpc-v2" else config.predictor_url
+    predictor = make_client(config.predictor_protocol, target, config.request_timeout_s)
+    return ChainDeps(config=config, embedder=embedder, store=store, predictor=predictor)

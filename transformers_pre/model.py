@@ -1,0 +1,98 @@
+"""The KServe transformer model: questions in, answers with sources out, through the chain.
+
+A thin adapter: parsing the v1/v2 wire formats and running one chain per question, concurrently.
+No per-request state lives on the model; each question gets its own ``RagContext``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from opentelemetry import trace
+
+from predictors.errors import InvalidInput
+from predictors.readiness import LoadGate
+from predictors.validation import parse_model, v1_instances, v2_texts
+from transformers_pre.chain import Chain, build_chain
+from transformers_pre.config import TransformerConfig
+from transformers_pre.context import RagContext, RagInstance
+from transformers_pre.steps import ChainDeps
+
+log = logging.getLogger(__name__)
+
+DepsFactory = Callable[[], Awaitable[ChainDeps]]
+
+
+class RagModel(Model):
+    def __init__(self, config: TransformerConfig, deps: DepsFactory, tracer: trace.Tracer) -> None:
+        super().__init__(config.model_name)
+        self._config = config
+        self._deps_factory = deps
+        self._tracer = tracer
+        self._gate = LoadGate(config.model_name, config.load_wait_s, retry_after_s=5)
+        self.deps: ChainDeps | None = None
+        self.chain: Chain | None = None
+
+    def load(self) -> bool:
+        return self.ready  # loading runs in the background; never block KServe's request path
+
+    async def load_in_background(self) -> None:
+        try:
+            self.deps = await self._deps_factory()
+            self.chain = build_chain(self._config.chain, self.deps, self._tracer)
+        except BaseException as err:
+            self._gate.fail(err)
+            raise
+        self.ready = True
+        self._gate.open()
+        log.info("transformer %s ready: chain %s", self.name, " -> ".join(s.name for s in self.chain.steps))
+
+    async def wait_ready(self) -> None:
+        if not self.ready:
+            await self._gate.wait()
+
+    def context(self, raw: Any, field: str, headers: Mapping[str, str] | None) -> RagContext:
+        if isinstance(raw, str):
+            raw = {"question": raw}
+        return RagContext(parse_model(RagInstance, raw, field), field, dict(headers or {}))
+
+    async def answer(self, contexts: list[RagContext]) -> list[RagContext]:
+        await self.wait_ready()
+        assert self.chain is not None
+        return list(await asyncio.gather(*(self.chain.run(ctx) for ctx in contexts)))
+
+    async def predict(
+        self, payload: Mapping[str, Any] | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | InferResponse:
+        if isinstance(payload, InferRequest):
+            names = {i.name for i in payload.inputs}
+            name = "question" if "question" in names else "text"
+            texts = v2_texts(payload, name, self._config.max_top_k * 10)
+            done = await self.answer([self.context(t, f"inputs.{name}[{i}]", headers) for i, t in enumerate(texts)])
+            return _v2_response(done, payload)
+        if isinstance(payload, bytes | str):
+            try:
+                payload = json.loads(payload)
+            except ValueError as err:
+                raise InvalidInput("body", f"not valid JSON: {err}") from err
+        instances = v1_instances(payload, max_instances=64)
+        contexts = [self.context(raw, f"instances[{i}]", headers) for i, raw in enumerate(instances)]
+        return {"predictions": [ctx.prediction() for ctx in await self.answer(contexts)]}
+
+
+def _v2_response(done: list[RagContext], request: InferRequest) -> InferResponse:
+    answers = InferOutput(name="answer", shape=[len(done)], datatype="BYTES")
+    answers.set_data_from_numpy(np.array([c.answer for c in done], dtype=object), binary_data=False)
+    sources = InferOutput(name="sources", shape=[len(done)], datatype="BYTES")
+    sources.set_data_from_numpy(
+        np.array([json.dumps(c.prediction()["sources"]) for c in done], dtype=object), binary_data=False
+    )
+    return InferResponse(response_id=request.id or "", model_name=request.model_name,
+                         infer_outputs=[answers, sources], from_grpc=request.from_grpc)

@@ -1,0 +1,55 @@
+"""Call the generation predictor with our own client: timeouts, working retries, trace headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from predictors.client import CallFailed, PermanentCallError, PredictorClient
+from predictors.retry import RetryPolicy, call_with_retries
+from transformers_pre.context import RagContext
+from transformers_pre.errors import BadRequest, PredictorUnavailable
+
+_PARAMETERS = {"max_new_tokens", "temperature", "top_p", "seed", "stop"}
+
+
+@dataclass(frozen=True)
+class Generate:
+    client: PredictorClient
+    model: str
+    protocol: str
+    retry: RetryPolicy
+    max_new_tokens: int
+    name: str = "generate"
+
+    @classmethod
+    def create(cls, deps: Any, max_new_tokens: int | None = None) -> Generate:
+        config = deps.config
+        return cls(deps.predictor, config.predictor_model, config.predictor_protocol, config.retry,
+                   max_new_tokens or config.max_new_tokens)
+
+    def body(self, ctx: RagContext) -> dict[str, Any]:
+        parameters = {"max_new_tokens": self.max_new_tokens, "temperature": 0.0, **(ctx.instance.parameters or {})}
+        unknown = sorted(set(parameters) - _PARAMETERS)
+        if unknown:
+            raise BadRequest(f"{ctx.field}.parameters.{unknown[0]}", "unknown parameter")
+        # v2 and gRPC carry text only, so they get the rendered prompt; v1 gets the chat messages.
+        instance = {"messages": ctx.messages} if self.protocol == "v1" else {"prompt": ctx.prompt}
+        return {"instances": [instance], "parameters": parameters}
+
+    async def __call__(self, ctx: RagContext) -> None:
+        body = self.body(ctx)
+        try:
+            response, _ = await call_with_retries(
+                lambda: self.client.predict(self.model, body, ctx.headers), self.retry
+            )
+        except PermanentCallError as err:
+            raise BadRequest(f"{ctx.field}.parameters", f"the predictor rejected the request: {err}") from err
+        except CallFailed as err:
+            raise PredictorUnavailable(f"predictor unavailable: {err}") from err
+        [prediction] = response["predictions"]
+        if isinstance(prediction, str):
+            prediction = {"text": prediction}
+        ctx.answer = prediction.get("text", "")
+        ctx.finish_reason = prediction.get("finish_reason")
+        ctx.usage.update(prediction.get("usage") or {})

@@ -1,0 +1,37 @@
+"""Build the prompt: numbered context passages, then the question."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transformers_pre.context import RagContext
+
+SYSTEM = (
+    "You answer questions using only the numbered context passages. "
+    "Cite the passages you use as [1], [2]. If the context does not contain the answer, say you do not know."
+)
+TEMPLATE = "Context:\n{context}\n\nQuestion: {question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class BuildPrompt:
+    system: str = SYSTEM
+    template: str = TEMPLATE
+    max_passage_chars: int = 1200
+    name: str = "prompt"
+
+    @classmethod
+    def create(cls, deps: Any, system: str = SYSTEM, template: str = TEMPLATE,
+               max_passage_chars: int = 1200) -> BuildPrompt:
+        if "{context}" not in template or "{question}" not in template:
+            raise ValueError("template must contain {context} and {question}")
+        return cls(system, template, max_passage_chars)
+
+    async def __call__(self, ctx: RagContext) -> None:
+        context = "\n".join(
+            f"[{i}] {p.text[: self.max_passage_chars]}" for i, p in enumerate(ctx.passages, start=1)
+        ) or "(no passages found)"
+        user = self.template.format(context=context, question=ctx.question)
+        ctx.messages = [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        ctx.prompt = f"{self.system}\n\n{user}"
