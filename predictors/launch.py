@@ -34,10 +34,12 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 @dataclass
 class PredictorProcess:
-    """A predictor server child process; ``with`` starts it and stops it with SIGTERM."""
+    """A kzero server child process (``python -m predictors`` by default, or ``module``); ``with``
+    starts it and stops it with SIGTERM."""
 
     args: Sequence[str]
     model_name: str = "model"
+    module: str = "predictors"
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     http_port: int = field(default_factory=free_port)
@@ -55,7 +57,7 @@ class PredictorProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "predictors", "--model_name", self.model_name,
+            sys.executable, "-m", self.module, "--model_name", self.model_name,
             "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port), *self.args,
         ]
 

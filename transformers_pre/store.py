@@ -135,6 +135,9 @@ class VectorStore:
         result = self._call(self._client.delete, self.collection, filter=f"doc_id == {json.dumps(doc_id)}")
         return len(result) if isinstance(result, list) else int(result.get("delete_count", 0))
 
+    def close(self) -> None:
+        self._client.close()
+
     def count(self) -> int:
         stats = self._call(self._client.get_collection_stats, self.collection)
         return int(stats.get("row_count", 0))

@@ -1,0 +1,258 @@
+"""Idempotent ingestion: documents -> chunks -> batched embeddings -> the vector store.
+
+A document's hash covers its text, metadata and the chunking settings; a document whose stored
+hash matches is skipped, a changed one has all its chunks replaced. Chunks are embedded in batches
+filled across documents, so many small documents cost about as much as one long one. Three stages
+overlap: preparing batch i+1 (read, hash lookup, chunking) and embedding batch i run together, while
+the store write of batch i-1 finishes in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from transformers_pre.embedder import Embedder
+from transformers_pre.ingest.chunking import DEFAULT_OVERLAP_TOKENS, Chunker
+from transformers_pre.ingest.readers import Document
+from transformers_pre.store import Chunk, VectorStore
+
+log = logging.getLogger(__name__)
+
+Action = Literal["added", "updated", "unchanged", "empty"]
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_TOKENIZER = "all-minilm-l6-v2"
+
+
+class IngestConfig(BaseModel):
+    """Settings of ``python -m transformers_pre.ingest``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    milvus_uri: str = Field(min_length=1)
+    collection: str = Field(min_length=1)
+    embedder: str = Field(default="all-minilm-l6-v2", description="packaged model id, or URL#model of a predictor")
+    embedder_protocol: Literal["v1", "v2", "grpc-v2"] = "v1"
+    tokenizer: str | None = Field(default=None, description="packaged model id or model directory")
+    chunk_tokens: int | None = Field(default=None, ge=1, description="default: the embedder's limit")
+    overlap_tokens: int = Field(default=DEFAULT_OVERLAP_TOKENS, ge=0)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, description="chunks per embedder call")
+    progress: bool = True
+
+    @property
+    def chunking_model(self) -> str:
+        """Whose tokenizer counts chunk tokens: ``tokenizer``, else a packaged embedder's own, else MiniLM's."""
+        from predictors.packaged import PACKAGED_MODELS
+
+        return self.tokenizer or (self.embedder if self.embedder in PACKAGED_MODELS else DEFAULT_TOKENIZER)
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    doc_id: str
+    action: Action
+    chunks: int
+    """Chunks written (0 when unchanged)."""
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    documents: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    empty: int = 0
+    deleted: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {
+            "documents": self.documents, "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
+            "empty": self.empty, "deleted": self.deleted, "chunks": self.chunks, "seconds": round(self.seconds, 3),
+            "chunks_per_s": round(self.chunks_per_s, 1),
+        }
+
+
+def document_hash(document: Document, chunker: Chunker) -> str:
+    digest = hashlib.sha256()
+    for part in (chunker.fingerprint, json.dumps(document.metadata, sort_keys=True, separators=(",", ":")),
+                 document.text):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+async def ingest(
+    documents: Iterable[Document],
+    store: VectorStore,
+    embedder: Embedder,
+    chunker: Chunker,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> IngestSummary:
+    """Bring ``documents`` into ``store`` (creating its collection if needed) and count what happened."""
+    started = time.perf_counter()
+    counts = dict.fromkeys(("added", "updated", "unchanged", "empty"), 0)
+    chunks = 0
+    with tqdm(desc="ingest", unit=" chunks", disable=not (progress and sys.stderr.isatty())) as bar:
+        async for result in upsert(documents, store, embedder, chunker, batch_size=batch_size):
+            counts[result.action] += 1
+            chunks += result.chunks
+            bar.update(result.chunks)
+            bar.set_postfix(documents=sum(counts.values()), refresh=False)
+    summary = IngestSummary(documents=sum(counts.values()), chunks=chunks, seconds=time.perf_counter() - started,
+                            **counts)
+    log.info("ingested %s", summary.as_dict())
+    return summary
+
+
+async def delete(store: VectorStore, doc_ids: Iterable[str]) -> int:
+    """Remove documents; returns how many were stored."""
+    if not await asyncio.to_thread(store.exists):
+        return 0
+    removed = 0
+    for doc_id in doc_ids:
+        if await asyncio.to_thread(store.document_hash, doc_id) is not None:
+            await asyncio.to_thread(store.delete_document, doc_id)
+            removed += 1
+    return removed
+
+
+async def upsert(
+    documents: Iterable[Document],
+    store: VectorStore,
+    embedder: Embedder,
+    chunker: Chunker,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> AsyncIterator[DocumentResult]:
+    """Store each document unless unchanged; yields one result per document once it is written."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if embedder.dimension < 1:
+        raise ValueError("the embedder's dimension is unknown; start() it first")
+    await asyncio.to_thread(store.ensure_collection, embedder.dimension)
+    batches = _batches(documents, store, chunker, batch_size, embedder.dimension)
+    batch = await asyncio.to_thread(next, batches, None)
+    writing: asyncio.Future[list[DocumentResult]] | None = None
+    try:
+        while batch is not None:
+            vectors, following = await asyncio.gather(_embed(embedder, batch.texts),
+                                                       asyncio.to_thread(next, batches, None))
+            complete = batch.fill(vectors)
+            if writing is not None:
+                for result in await writing:
+                    yield result
+            writing = asyncio.ensure_future(asyncio.to_thread(_write, store, complete, batch.unchanged))
+            batch = following
+        if writing is not None:
+            for result in await writing:
+                yield result
+            writing = None
+    finally:
+        if writing is not None:  # an error elsewhere: let the write in flight finish before leaving
+            await asyncio.wait([writing])
+
+
+# -- batching across documents --------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A changed document whose chunks are being embedded."""
+
+    doc_id: str
+    doc_hash: str
+    action: Action
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    missing: int
+
+
+@dataclass
+class _Batch:
+    texts: list[str] = field(default_factory=list)
+    slices: list[tuple[_Pending, int, int]] = field(default_factory=list)
+    done: list[_Pending] = field(default_factory=list)
+    """Documents with nothing to embed (empty ones) to write with this batch."""
+    unchanged: list[DocumentResult] = field(default_factory=list)
+
+    def add(self, pending: _Pending, start: int, end: int) -> None:
+        self.slices.append((pending, start, end))
+        self.texts.extend(chunk.text for chunk in pending.chunks[start:end])
+
+    def fill(self, vectors: np.ndarray) -> list[_Pending]:
+        """Hand the batch's vectors to their documents; returns the documents now complete, in order."""
+        if len(vectors) != len(self.texts):
+            raise ValueError(f"the embedder returned {len(vectors)} vectors for {len(self.texts)} texts")
+        complete, row = list(self.done), 0
+        for pending, start, end in self.slices:
+            pending.vectors[start:end] = vectors[row:row + end - start]
+            row += end - start
+            pending.missing -= end - start
+            if pending.missing == 0:
+                complete.append(pending)
+        return complete
+
+
+def _batches(
+    documents: Iterable[Document], store: VectorStore, chunker: Chunker, batch_size: int, dimension: int
+) -> Iterator[_Batch]:
+    batch = _Batch()
+    for document in documents:
+        doc_hash = document_hash(document, chunker)
+        stored = store.document_hash(document.doc_id)
+        if stored == doc_hash:
+            batch.unchanged.append(DocumentResult(document.doc_id, "unchanged", 0))
+            continue
+        chunks = chunker.chunks(document)
+        action: Action = "empty" if not chunks else "added" if stored is None else "updated"
+        pending = _Pending(document.doc_id, doc_hash, action, chunks,
+                           np.empty((len(chunks), dimension), dtype=np.float32), len(chunks))
+        if not chunks:
+            batch.done.append(pending)  # written as "no chunks", which removes a stored older version
+        start = 0
+        while start < len(chunks):
+            end = min(len(chunks), start + batch_size - len(batch.texts))
+            batch.add(pending, start, end)
+            start = end
+            if len(batch.texts) == batch_size:
+                yield batch
+                batch = _Batch()
+    if batch.texts or batch.done or batch.unchanged:
+        yield batch
+
+
+async def _embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    if not texts:
+        return np.empty((0, embedder.dimension), dtype=np.float32)
+    return await embedder.embed(texts)
+
+
+def _write(store: VectorStore, complete: list[_Pending], unchanged: list[DocumentResult]) -> list[DocumentResult]:
+    results = list(unchanged)
+    for pending in complete:
+        if not pending.chunks:
+            store.delete_document(pending.doc_id)
+            results.append(DocumentResult(pending.doc_id, "empty", 0))
+            continue
+        written = store.replace_document(pending.doc_id, pending.doc_hash, pending.chunks, pending.vectors)
+        results.append(DocumentResult(pending.doc_id, pending.action, written))
+    return results
