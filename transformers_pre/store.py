@@ -63,9 +63,10 @@ def metadata_filter(spec: str | Mapping[str, Any] | None) -> str:
 
 
 class VectorStore:
-    def __init__(self, client: Any, collection: str) -> None:
+    def __init__(self, client: Any, collection: str, uri: str = "") -> None:
         self._client = client
         self.collection = collection
+        self._uri = uri
         self._loaded: set[str] = set()
 
     @classmethod
@@ -73,7 +74,7 @@ class VectorStore:
         from pymilvus import MilvusClient
 
         try:
-            return cls(MilvusClient(uri), collection)
+            return cls(MilvusClient(uri), collection, uri)
         except Exception as err:
             raise StoreUnavailable(f"cannot reach Milvus at {uri}: {err}") from err
 
@@ -137,6 +138,10 @@ class VectorStore:
 
     def close(self) -> None:
         self._client.close()
+        if "://" not in self._uri:  # Milvus Lite serves the file from this process until released
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self._uri)
 
     def count(self) -> int:
         stats = self._call(self._client.get_collection_stats, self.collection)

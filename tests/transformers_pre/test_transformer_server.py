@@ -1,0 +1,157 @@
+"""The RAG transformer as a real process between a real generation predictor and Milvus Lite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+from eventing.http_binding import events_from_http
+from predictors.launch import PredictorProcess, free_port
+from tests.transformers_pre.conftest import seed, transformer_process
+from tests.transformers_pre.corpus import QUESTIONS
+
+pytestmark = pytest.mark.slow
+
+
+async def ask(server: PredictorProcess, instances: list, status: int = 200) -> dict:
+    async with httpx.AsyncClient(base_url=server.url, timeout=180) as client:
+        response = await client.post("/v1/models/rag:predict", json={"instances": instances})
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+async def test_v1_answers_with_sources_citations_and_usage(rag_server: PredictorProcess) -> None:
+    [prediction] = (await ask(rag_server, [{"question": "Where do messages that can never be handled go?"}]))[
+        "predictions"]
+    assert prediction["answer"]
+    sources = prediction["sources"]
+    assert len(sources) == 4 and sources[0]["doc_id"] == "dlq"
+    assert set(sources[0]) == {"doc_id", "chunk_id", "text", "score"} and "kzero.dlq" in sources[0]["text"]
+    assert all(1 <= c <= 4 for c in prediction["citations"])
+    usage = prediction["usage"]
+    assert usage["prompt_tokens"] > 50 and 0 < usage["completion_tokens"] <= 48 and usage["passages"] == 4
+
+
+async def test_filter_and_top_k(rag_server: PredictorProcess) -> None:
+    [prediction] = (await ask(rag_server, [{"question": "How is Kafka run?", "top_k": 2,
+                                            "filter": {"topic": "cluster"}}]))["predictions"]
+    assert len(prediction["sources"]) == 2
+    assert {s["doc_id"] for s in prediction["sources"]} <= {"gpu-nodes", "security", "keda", "strimzi"}
+
+
+async def test_concurrent_requests_keep_their_own_context(rag_server: PredictorProcess) -> None:
+    questions = [{"question": q, "top_k": 2, "parameters": {"max_new_tokens": 8}} for q, _ in QUESTIONS[:8]]
+    alone = [(await ask(rag_server, [q]))["predictions"][0] for q in questions]
+    together = await asyncio.gather(*(ask(rag_server, [q]) for q in questions))
+    for question, single, reply in zip(questions, alone, together, strict=True):
+        [prediction] = reply["predictions"]
+        assert prediction["sources"] == single["sources"], question
+        assert prediction["answer"] == single["answer"], question
+
+
+async def test_v2_rest_and_grpc(rag_server: PredictorProcess) -> None:
+    def request() -> InferRequest:
+        tensor = InferInput("question", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array(["Which protocol uses protobuf over HTTP/2?"], dtype=object), False)
+        return InferRequest(model_name="rag", infer_inputs=[tensor])
+
+    rest = InferenceRESTClient(RESTConfig(protocol="v2"))
+    grpc_client = InferenceGRPCClient(rag_server.grpc_target)
+    try:
+        by_rest = await rest.infer(rag_server.url, request(), model_name="rag")
+        by_grpc = await grpc_client.infer(request())
+    finally:
+        await rest.close()
+        await grpc_client.close()
+    for response in (by_rest, by_grpc):
+        outputs = {o.name: o for o in response.outputs}
+        sources = outputs["sources"].as_numpy()[0]
+        sources = json.loads(sources.decode() if isinstance(sources, bytes) else sources)
+        assert sources[0]["doc_id"] == "grpc"
+        assert outputs["answer"].datatype == "BYTES"
+
+
+async def test_openai_stream_passes_the_answer_through_with_sources(rag_server: PredictorProcess) -> None:
+    client = openai.AsyncOpenAI(base_url=rag_server.url + "/openai/v1", api_key="unused")
+    stream = await client.chat.completions.create(
+        model="rag", messages=[{"role": "user", "content": "How many dimensions do the sentence vectors have?"}],
+        max_tokens=32, temperature=0, stream=True,
+    )
+    pieces, sources = [], None
+    async for chunk in stream:
+        assert chunk.model == "rag"
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+        if getattr(chunk, "sources", None):
+            sources = chunk.sources  # type: ignore[attr-defined]
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces).strip()
+    assert sources is not None and sources[0]["doc_id"] == "embedding-model"
+    reply = await client.chat.completions.create(
+        model="rag", messages=[{"role": "user", "content": "How many dimensions do the sentence vectors have?"}],
+        max_tokens=32, temperature=0,
+    )
+    assert reply.choices[0].message.content == "".join(pieces).strip()
+
+
+async def test_cloudevent_in_cloudevent_out(rag_server: PredictorProcess) -> None:
+    headers = {"ce-specversion": "1.0", "ce-id": "q-1", "ce-source": "/tests", "ce-type": "dev.kzero.inference.request",
+               "ce-jobid": "job-7", "content-type": "application/json"}
+    body = {"instances": [{"question": "What adds worker replicas when a backlog builds up?", "top_k": 1}]}
+    async with httpx.AsyncClient(base_url=rag_server.url, timeout=180) as client:
+        response = await client.post("/v1/models/rag:predict", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    [event], mode = events_from_http(dict(response.headers), response.content)
+    assert mode == "binary" and event.type == "dev.kzero.inference.result"
+    assert event.get("requestid") == "q-1" and event.get("jobid") == "job-7"
+    assert event.data["predictions"][0]["sources"][0]["doc_id"] == "keda"
+
+
+@pytest.mark.parametrize(
+    ("instance", "status", "message"),
+    [
+        ({"question": "   "}, 400, "instances[0].question: must not be empty"),
+        ({"question": "x" * 2001}, 400, "2001 characters exceed the limit of 2000"),
+        ({"question": "q", "filter": "metadata[topic] ==== 1"}, 400, "filter"),
+        ({"question": "q", "collection": "missing"}, 404, "'missing' does not exist"),
+        ({"question": "q", "colour": "red"}, 400, "instances[0].colour: unknown field"),
+        ({"question": "q", "top_k": 500}, 400, "instances[0].top_k: 500 exceeds the limit of 20"),
+        ({"question": "q", "parameters": {"beams": 2}}, 400, "instances[0].parameters.beams: unknown parameter"),
+    ],
+)
+async def test_bad_questions_are_4xx_naming_the_problem(
+    rag_server: PredictorProcess, instance: dict, status: int, message: str
+) -> None:
+    assert message in (await ask(rag_server, [instance], status=status))["error"]
+
+
+async def test_predictor_down_gives_503_then_recovers(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, model_cache: Path
+) -> None:
+    db = tmp_path / "own.db"  # Milvus Lite allows one process per file
+    await seed(db)
+    port = free_port()
+    transformer = transformer_process(tmp_path_factory, db, f"127.0.0.1:{port}")
+    predictor = PredictorProcess(["--task", "generate", "--model_id", "smollm2-135m-instruct", "--cache_dir",
+                                  str(model_cache)], model_name="smol", http_port=port, log_path=tmp_path / "p.log")
+    try:
+        await asyncio.to_thread(transformer.wait_ready)
+        async with httpx.AsyncClient(base_url=transformer.url, timeout=180) as client:
+            body = {"instances": [{"question": "How large are the pieces a document is split into?"}]}
+            down = await client.post("/v1/models/rag:predict", json=body)
+            assert down.status_code == 503 and int(down.headers["retry-after"]) > 0
+            assert "predictor unavailable" in down.json()["error"]
+            predictor.start()
+            await asyncio.to_thread(predictor.wait_ready)
+            up = await client.post("/v1/models/rag:predict", json=body)
+            assert up.status_code == 200 and up.json()["predictions"][0]["sources"][0]["doc_id"] == "chunking"
+    finally:
+        predictor.stop()
+        assert transformer.stop() == 0
