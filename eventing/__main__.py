@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
 from eventing.errors import MalformedEvent
 from eventing.topics import ensure_topics
+from predictors.kserve_import import import_kserve
 
 
 def _bootstrap(parser: argparse.ArgumentParser) -> None:
@@ -77,18 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _import_kserve_without_our_argv() -> None:
-    """KServe parses ``sys.argv`` when imported (kserve.model_server) and exits on flags it reads
-    differently, such as ``--protocol in-process``; import it once with our arguments hidden."""
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        import kserve  # noqa: F401
-    finally:
-        sys.argv = argv
-
-
 def _worker(args: argparse.Namespace) -> int:
-    _import_kserve_without_our_argv()
+    import_kserve()
     from eventing.config import WorkerConfig
     from eventing.processing import Processor
     from eventing.worker import Worker, kafka_clients
@@ -162,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per predictor call
     args = build_parser().parse_args(argv)
     if not args.bootstrap_servers:
         print("python -m eventing: --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS is required", file=sys.stderr)

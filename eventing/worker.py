@@ -107,6 +107,7 @@ class Worker:
         self._loop_thread.start()
         if self._config.exactly_once:
             self._producer.init_transactions()
+        self._await_partitions(stop)
         self._consumer.subscribe([self._config.input_topic], listener=_Listener(self))
         log.info("worker consuming %s as group %s (%s)", self._config.input_topic, self._config.group,
                  "exactly-once" if self._config.exactly_once else "at-least-once")
@@ -119,6 +120,15 @@ class Worker:
             self._producer.close()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(5)
+
+    def _await_partitions(self, stop: threading.Event, timeout_s: float = 60.0) -> None:
+        """Join the group only once this client knows the topic's partitions: an assignment made
+        from metadata without them is empty and may not be redone (a race right after creation)."""
+        deadline = self._clock() + timeout_s
+        while not self._consumer.partitions_for_topic(self._config.input_topic):
+            if stop.is_set() or self._clock() > deadline:
+                raise RuntimeError(f"topic {self._config.input_topic} has no partitions after {timeout_s:g}s")
+            time.sleep(0.2)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -166,21 +176,24 @@ class Worker:
             self._in_flight.append(Batch(items, future))
 
     def _emit_completed(self, wait_s: float = 0.0) -> None:
+        """Emit every finished batch at the head of the queue, in order, with one flush and commit."""
         deadline = self._clock() + wait_s
+        finished: list[Batch] = []
         while self._in_flight:
             head = self._in_flight[0]
             if not head.future.done():
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    return
+                    break
                 try:
                     head.future.result(remaining)
                 except TimeoutError:
-                    return
+                    break
                 except Exception:  # reported below through _outcomes
                     pass
-            self._in_flight.popleft()
-            self._emit(head)
+            finished.append(self._in_flight.popleft())
+        if finished:
+            self._emit(finished)
 
     # -- emitting results and committing ----------------------------------------------------
 
@@ -222,13 +235,14 @@ class Worker:
             origin=(record.topic, record.partition, record.offset),
         )
 
-    def _emit(self, batch: Batch) -> None:
-        records = self._records(batch)
+    def _emit(self, batches: list[Batch]) -> None:
+        records = [record for batch in batches for record in self._records(batch)]
+        items = [item for batch in batches for item in batch.items]
         if self._config.exactly_once:
-            self._emit_transaction(batch, records)
+            self._emit_transaction(items, records)
         else:
             self._send_until_acked(records)
-            for item in batch.items:
+            for item in items:
                 self._tracker.done(item.partition, item.record.offset)  # type: ignore[arg-type]
             self._commit()
         self.emitted += len(records)
@@ -259,8 +273,8 @@ class Worker:
             return
         self._tracker.committed(offsets)
 
-    def _emit_transaction(self, batch: Batch, records: list[KafkaRecord]) -> None:
-        for item in batch.items:
+    def _emit_transaction(self, items: list[Item], records: list[KafkaRecord]) -> None:
+        for item in items:
             self._tracker.done(item.partition, item.record.offset)  # type: ignore[arg-type]
         offsets = self._tracker.committable()
         try:
@@ -269,7 +283,7 @@ class Worker:
                 self._send(record)
             if offsets:
                 self._producer.send_offsets_to_transaction(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, self._consumer.group_metadata()
+                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, self._group_metadata()
                 )
             self._producer.commit_transaction()
         except KafkaError as err:
@@ -277,6 +291,12 @@ class Worker:
             self._abort_and_rewind()
             return
         self._tracker.committed(offsets)
+
+    def _group_metadata(self) -> Any:
+        # Full group metadata fences zombie members (KIP-447) where the client supports it;
+        # kafka-python 2.x takes the group id.
+        metadata = getattr(self._consumer, "group_metadata", None)
+        return metadata() if metadata is not None else self._config.group
 
     def _abort_and_rewind(self) -> None:
         try:
@@ -299,11 +319,15 @@ class Worker:
     # -- rebalances and shutdown ----------------------------------------------------------------
 
     def revoke(self, partitions: set[TopicPartition]) -> None:
-        """Before losing partitions: finish and emit what is in flight, then forget the rest."""
-        self._dispatch(force=True)
-        self._emit_completed(wait_s=self._config.shutdown_grace_s)
+        """Partitions are being taken away: forget their unanswered records.
+
+        Called on the consumer's IO thread while this thread is blocked in ``poll``, so it may not
+        call the consumer. Nothing of these partitions is committed any more; answers still in
+        flight are emitted (the next owner redoes those records: at-least-once).
+        """
         self._pending = [(t, i) for t, i in self._pending if i.partition not in partitions]
         self._tracker.forget(partitions)
+        log.info("revoked %s", sorted(f"{tp.topic}-{tp.partition}" for tp in partitions))
 
     def _drain(self) -> None:
         """SIGTERM: finish the in-flight batches within the grace period, commit, leave the group."""

@@ -114,23 +114,38 @@ class VectorStore:
         self._loaded.add(name)
 
     def document_hash(self, doc_id: str) -> str | None:
-        rows = self._call(self._client.query, self.collection, filter=f"doc_id == {json.dumps(doc_id)}",
-                          output_fields=["doc_hash"], limit=1)
-        return rows[0]["doc_hash"] if rows else None
+        return self.document_hashes([doc_id]).get(doc_id)
+
+    def document_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """Stored content hashes of those of ``doc_ids`` that exist, in one query (a Lite query scans)."""
+        if not doc_ids:
+            return {}
+        rows = self._call(self._client.query, self.collection,
+                          filter=f"chunk_id == 0 and doc_id in {json.dumps(list(doc_ids))}",
+                          output_fields=["doc_id", "doc_hash"], limit=len(doc_ids))
+        return {row["doc_id"]: row["doc_hash"] for row in rows}
 
     def replace_document(self, doc_id: str, doc_hash: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
         """Make the stored chunks of ``doc_id`` exactly ``chunks``; returns how many were written."""
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        self.delete_document(doc_id)
-        rows = [
-            {"id": c.key, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "doc_hash": doc_hash, "text": c.text[:MAX_TEXT],
-             "metadata": dict(c.metadata), "vector": v.astype(np.float32).tolist()}
-            for c, v in zip(chunks, vectors, strict=True)
-        ]
+        return self.replace_documents([(doc_id, doc_hash, chunks, vectors)])[0]
+
+    def replace_documents(self, documents: Sequence[tuple[str, str, Sequence[Chunk], np.ndarray]]) -> list[int]:
+        """``replace_document`` for many documents with one delete and one insert."""
+        rows = []
+        for doc_id, doc_hash, chunks, vectors in documents:
+            if len(chunks) != len(vectors):
+                raise ValueError(f"{doc_id}: {len(chunks)} chunks but {len(vectors)} vectors")
+            rows += [
+                {"id": c.key, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "doc_hash": doc_hash,
+                 "text": c.text[:MAX_TEXT], "metadata": dict(c.metadata), "vector": v.astype(np.float32).tolist()}
+                for c, v in zip(chunks, vectors, strict=True)
+            ]
+        if documents:
+            ids = json.dumps([doc_id for doc_id, *_ in documents])
+            self._call(self._client.delete, self.collection, filter=f"doc_id in {ids}")
         if rows:
             self._call(self._client.insert, self.collection, rows)
-        return len(rows)
+        return [len(chunks) for _, _, chunks, _ in documents]
 
     def delete_document(self, doc_id: str) -> int:
         result = self._call(self._client.delete, self.collection, filter=f"doc_id == {json.dumps(doc_id)}")

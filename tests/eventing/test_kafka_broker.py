@@ -28,7 +28,6 @@ def topic(kafka_bootstrap: str) -> Iterator[str]:
         admin.create_topics(
             [NewTopic(name=name, num_partitions=PARTITIONS, replication_factor=1)],
             timeout_ms=30_000,
-            wait_for_metadata=True,
         )
         yield name
         admin.delete_topics([name], timeout_ms=30_000)

@@ -15,21 +15,20 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from pydantic import ValidationError
 
 from predictors.errors import InvalidInput, Unavailable
+from predictors.kserve_import import import_kserve
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.ingest.chunking import Chunker
-from transformers_pre.ingest.pipeline import IngestConfig, IngestSummary, delete, ingest
+from transformers_pre.ingest.pipeline import DEFAULT_EMBEDDER, IngestConfig, IngestSummary, delete, ingest
 from transformers_pre.ingest.readers import Document, read_paths
 from transformers_pre.store import VectorStore
 
 PROG = "python -m transformers_pre.ingest"
-T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--milvus_uri", default=os.environ.get("MILVUS_URI"),
                    help="Milvus Lite file (./data/kzero.db) or server URL; default: $MILVUS_URI")
     p.add_argument("--collection", required=True)
-    p.add_argument("--embedder", default="all-minilm-l6-v2",
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER,
                    help="packaged model id (in-process) or http://host:port#model of an embedding predictor")
     p.add_argument("--embedder_protocol", default="v1", choices=["v1", "v2", "grpc-v2"])
     p.add_argument("--tokenizer", default=None,
@@ -74,7 +73,7 @@ async def run(config: IngestConfig, paths: Sequence[str], deletes: Sequence[str]
     try:
         deleted = await delete(store, deletes)
         if chunker is not None:
-            client, model = _without_our_argv(embedder_client, config.embedder, config.embedder_protocol)
+            client, model = embedder_client(config.embedder, config.embedder_protocol)
             embedder = ClientEmbedder(client, model)
             try:
                 await embedder.start()
@@ -92,18 +91,9 @@ def _peeked(documents: Iterator[Document]) -> Iterator[Document]:
     return documents if first is None else itertools.chain([first], documents)
 
 
-def _without_our_argv(function: Callable[..., T], *args: object) -> T:
-    """KServe parses ``sys.argv`` when imported (the in-process embedder imports it) and exits on flags
-    it reads differently; call ``function`` with our arguments hidden."""
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        return function(*args)
-    finally:
-        sys.argv = argv
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import_kserve()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     if not args.milvus_uri:

@@ -9,6 +9,7 @@ chunk is ever truncated by the embedder.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,6 @@ class Chunker:
         """Tokens of ``text`` without special tokens."""
         return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    def _excess(self, text: str) -> int:
-        return self.count_tokens(text) - self.chunk_tokens
-
     def chunks(self, document: Document) -> list[Chunk]:
         return [
             Chunk(document.doc_id, i, document.text[start:end], dict(document.metadata))
@@ -93,46 +91,67 @@ class Chunker:
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans ``[start, end)`` of the chunks of ``text``."""
-        encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets: list[tuple[int, int]] = encoding["offset_mapping"]
-        words = encoding.word_ids()
-        starts_word = [i == 0 or words[i] is None or words[i] != words[i - 1] for i in range(len(offsets))]
+        tokens = _Tokens.of(self._tokenizer, text)
         spans: list[tuple[int, int]] = []
-        start, total = 0, len(offsets)
+        start, total = 0, len(tokens.offsets)
         while start < total:
-            end = self._cut(text, offsets, starts_word, start)
+            end = self._cut(tokens, start)
             # A slice can re-tokenize into more tokens (e.g. cut inside a word): shrink until it fits.
-            while end > start + 1 and (excess := self._excess(text[offsets[start][0]:offsets[end - 1][1]])) > 0:
+            while end > start + 1 and (excess := self.count_tokens(tokens.text_of(start, end)) - self.chunk_tokens) > 0:
                 end = max(start + 1, end - excess)
-            spans.append((offsets[start][0], offsets[end - 1][1]))
+            spans.append(tokens.span(start, end))
             if end >= total:
                 break
-            start = self._next_start(starts_word, start, end)
+            start = self._next_start(tokens, start, end)
         return spans
 
-    def _cut(self, text: str, offsets: list[tuple[int, int]], starts_word: list[bool], start: int) -> int:
+    def _cut(self, tokens: _Tokens, start: int) -> int:
         """The token index to end the chunk starting at ``start`` before (exclusive)."""
         budget = start + self.chunk_tokens
-        if budget >= len(offsets):
-            return len(offsets)
+        if budget >= len(tokens.offsets):
+            return len(tokens.offsets)
         floor = max(start + self.overlap_tokens + 1, budget - self._lookback)
-        word_start = None
-        for end in range(budget, floor - 1, -1):
-            if not starts_word[end]:
-                continue
-            gap = text[offsets[end - 1][1]:offsets[end][0]]
-            if "\n" in gap or (gap and text[offsets[end - 1][1] - 1] in _SENTENCE_END):
-                return end
-            word_start = word_start or end
-        return word_start or budget
+        return tokens.best_boundary(range(budget, floor - 1, -1), budget)
 
-    def _next_start(self, starts_word: list[bool], start: int, end: int) -> int:
-        """Overlap the previous chunk by about ``overlap_tokens``, starting on a word."""
+    def _next_start(self, tokens: _Tokens, start: int, end: int) -> int:
+        """Overlap the previous chunk by at least ``overlap_tokens`` (at most twice that), starting on a
+        sentence if one starts there, else on a word."""
         target = max(start + 1, end - self.overlap_tokens)
-        for candidate in range(target, max(start, target - self.overlap_tokens), -1):
-            if starts_word[candidate]:
-                return candidate
-        return target
+        return tokens.best_boundary(range(target, max(start, target - self.overlap_tokens), -1), target)
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    text: str
+    offsets: list[tuple[int, int]]
+    starts_word: list[bool]
+
+    @classmethod
+    def of(cls, tokenizer: Any, text: str) -> _Tokens:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        words = encoding.word_ids()
+        starts_word = [i == 0 or words[i] is None or words[i] != words[i - 1] for i in range(len(words))]
+        return cls(text, encoding["offset_mapping"], starts_word)
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """Characters of tokens ``[start, end)``."""
+        return self.offsets[start][0], self.offsets[end - 1][1]
+
+    def text_of(self, start: int, end: int) -> str:
+        first, last = self.span(start, end)
+        return self.text[first:last]
+
+    def best_boundary(self, candidates: range, fallback: int) -> int:
+        """The first candidate token that starts a sentence or line, else the first that starts a word."""
+        word_start = None
+        for index in candidates:
+            if not self.starts_word[index]:
+                continue
+            gap = self.text[self.offsets[index - 1][1]:self.offsets[index][0]]
+            if "\n" in gap or (gap and self.text[self.offsets[index - 1][1] - 1] in _SENTENCE_END):
+                return index
+            word_start = word_start or index
+        return word_start or fallback
 
 
 def _packaged_dir(model_id: str) -> Path:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from predictors.packaged import PACKAGED_MODELS
 from transformers_pre.embedder import Embedder
 from transformers_pre.ingest.chunking import DEFAULT_OVERLAP_TOKENS, Chunker
 from transformers_pre.ingest.readers import Document
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 Action = Literal["added", "updated", "unchanged", "empty"]
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_TOKENIZER = "all-minilm-l6-v2"
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 
 
 class IngestConfig(BaseModel):
@@ -42,7 +44,7 @@ class IngestConfig(BaseModel):
 
     milvus_uri: str = Field(min_length=1)
     collection: str = Field(min_length=1)
-    embedder: str = Field(default="all-minilm-l6-v2", description="packaged model id, or URL#model of a predictor")
+    embedder: str = Field(default=DEFAULT_EMBEDDER, description="packaged model id, or URL#model of a predictor")
     embedder_protocol: Literal["v1", "v2", "grpc-v2"] = "v1"
     tokenizer: str | None = Field(default=None, description="packaged model id or model directory")
     chunk_tokens: int | None = Field(default=None, ge=1, description="default: the embedder's limit")
@@ -53,9 +55,7 @@ class IngestConfig(BaseModel):
     @property
     def chunking_model(self) -> str:
         """Whose tokenizer counts chunk tokens: ``tokenizer``, else a packaged embedder's own, else MiniLM's."""
-        from predictors.packaged import PACKAGED_MODELS
-
-        return self.tokenizer or (self.embedder if self.embedder in PACKAGED_MODELS else DEFAULT_TOKENIZER)
+        return self.tokenizer or (self.embedder if self.embedder in PACKAGED_MODELS else DEFAULT_EMBEDDER)
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ async def delete(store: VectorStore, doc_ids: Iterable[str]) -> int:
     """Remove documents; returns how many were stored."""
     if not await asyncio.to_thread(store.exists):
         return 0
+    await asyncio.to_thread(store.load)
     removed = 0
     for doc_id in doc_ids:
         if await asyncio.to_thread(store.document_hash, doc_id) is not None:
@@ -149,13 +150,13 @@ async def upsert(
     if embedder.dimension < 1:
         raise ValueError("the embedder's dimension is unknown; start() it first")
     await asyncio.to_thread(store.ensure_collection, embedder.dimension)
+    await asyncio.to_thread(store.load)
     batches = _batches(documents, store, chunker, batch_size, embedder.dimension)
     batch = await asyncio.to_thread(next, batches, None)
     writing: asyncio.Future[list[DocumentResult]] | None = None
     try:
         while batch is not None:
-            vectors, following = await asyncio.gather(_embed(embedder, batch.texts),
-                                                       asyncio.to_thread(next, batches, None))
+            vectors, following = await _together(_embed(embedder, batch.texts), asyncio.to_thread(next, batches, None))
             complete = batch.fill(vectors)
             if writing is not None:
                 for result in await writing:
@@ -167,8 +168,19 @@ async def upsert(
                 yield result
             writing = None
     finally:
-        if writing is not None:  # an error elsewhere: let the write in flight finish before leaving
-            await asyncio.wait([writing])
+        if writing is not None:  # failed elsewhere: let the write in flight finish, its outcome is moot
+            await asyncio.gather(writing, return_exceptions=True)
+
+
+async def _together(
+    embedding: Awaitable[np.ndarray], preparing: Awaitable[_Batch | None]
+) -> tuple[np.ndarray, _Batch | None]:
+    """Both results; on a failure, the other is finished first so no thread is left using the store."""
+    vectors, following = await asyncio.gather(embedding, preparing, return_exceptions=True)
+    for outcome in (vectors, following):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return vectors, following  # type: ignore[return-value]
 
 
 # -- batching across documents --------------------------------------------------------------------
@@ -216,26 +228,29 @@ def _batches(
     documents: Iterable[Document], store: VectorStore, chunker: Chunker, batch_size: int, dimension: int
 ) -> Iterator[_Batch]:
     batch = _Batch()
-    for document in documents:
-        doc_hash = document_hash(document, chunker)
-        stored = store.document_hash(document.doc_id)
-        if stored == doc_hash:
-            batch.unchanged.append(DocumentResult(document.doc_id, "unchanged", 0))
-            continue
-        chunks = chunker.chunks(document)
-        action: Action = "empty" if not chunks else "added" if stored is None else "updated"
-        pending = _Pending(document.doc_id, doc_hash, action, chunks,
-                           np.empty((len(chunks), dimension), dtype=np.float32), len(chunks))
-        if not chunks:
-            batch.done.append(pending)  # written as "no chunks", which removes a stored older version
-        start = 0
-        while start < len(chunks):
-            end = min(len(chunks), start + batch_size - len(batch.texts))
-            batch.add(pending, start, end)
-            start = end
-            if len(batch.texts) == batch_size:
-                yield batch
-                batch = _Batch()
+    iterator = iter(documents)
+    # Documents are looked up in groups: one store round trip per group once the store has a bulk lookup.
+    for group in iter(lambda: list(itertools.islice(iterator, batch_size)), []):
+        stored = _stored_hashes(store, [document.doc_id for document in group])
+        for document in group:
+            doc_hash = document_hash(document, chunker)
+            if stored[document.doc_id] == doc_hash:
+                batch.unchanged.append(DocumentResult(document.doc_id, "unchanged", 0))
+                continue
+            chunks = chunker.chunks(document)
+            action: Action = "empty" if not chunks else "added" if stored[document.doc_id] is None else "updated"
+            pending = _Pending(document.doc_id, doc_hash, action, chunks,
+                               np.empty((len(chunks), dimension), dtype=np.float32), len(chunks))
+            if not chunks:
+                batch.done.append(pending)  # written as "no chunks", which removes a stored older version
+            start = 0
+            while start < len(chunks):
+                end = min(len(chunks), start + batch_size - len(batch.texts))
+                batch.add(pending, start, end)
+                start = end
+                if len(batch.texts) == batch_size:
+                    yield batch
+                    batch = _Batch()
     if batch.texts or batch.done or batch.unchanged:
         yield batch
 
@@ -247,12 +262,17 @@ async def _embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
 
 
 def _write(store: VectorStore, complete: list[_Pending], unchanged: list[DocumentResult]) -> list[DocumentResult]:
-    results = list(unchanged)
-    for pending in complete:
-        if not pending.chunks:
-            store.delete_document(pending.doc_id)
-            results.append(DocumentResult(pending.doc_id, "empty", 0))
-            continue
-        written = store.replace_document(pending.doc_id, pending.doc_hash, pending.chunks, pending.vectors)
-        results.append(DocumentResult(pending.doc_id, pending.action, written))
-    return results
+    written = _replace(store, complete)
+    return [*unchanged, *(DocumentResult(p.doc_id, p.action, n) for p, n in zip(complete, written, strict=True))]
+
+
+# The two store round trips per group/batch; one call each once VectorStore has bulk variants.
+
+
+def _stored_hashes(store: VectorStore, doc_ids: Sequence[str]) -> dict[str, str | None]:
+    stored = store.document_hashes(doc_ids)
+    return {doc_id: stored.get(doc_id) for doc_id in doc_ids}
+
+
+def _replace(store: VectorStore, complete: Sequence[_Pending]) -> list[int]:
+    return store.replace_documents([(p.doc_id, p.doc_hash, p.chunks, p.vectors) for p in complete])

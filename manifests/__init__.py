@@ -1,0 +1,1 @@
+"""kzero's Kubernetes manifests, rendered from one validated deploy config (``python -m manifests``)."""

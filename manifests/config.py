@@ -1,0 +1,329 @@
+"""The deploy config: everything a user chooses, validated once, so the rendered set is consistent.
+
+Cross-field rules live here (a Knative concurrency limit the batcher can absorb, a worker count the
+topic's partitions can feed, a model source the predictor accepts), so a bad config fails at render
+time with the field named, not at 3 a.m. on the cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from predictors.config import LimitsConfig
+from predictors.packaged import PACKAGED_MODELS
+
+# RFC 1123 label, kept short so derived names ("<name>-transformer-...") stay under 63 characters.
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=40)]
+# A Go duration as Knative annotations take it ("90s", "10m", "1h").
+Duration = Annotated[str, StringConstraints(pattern=r"^\d+(s|m|h)$")]
+# An ISO 8601 duration as Knative delivery specs take it ("PT1S", "PT2M").
+IsoDuration = Annotated[str, StringConstraints(pattern=r"^PT(\d+H)?(\d+M)?(\d+(\.\d+)?S)?$")]
+Quantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti)?$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Resources(_Model):
+    cpu: Quantity
+    memory: Quantity
+    cpu_limit: Quantity | None = None
+    gpus: int = Field(default=0, ge=0)
+
+    def to_k8s(self, gpu_resource: str = "nvidia.com/gpu") -> dict[str, dict[str, str]]:
+        # Memory limit == request: memory is not compressible, so a pod that may grow past its
+        # request is the first one killed under node pressure. KServe would add its own default
+        # limits (1 CPU, 2Gi) to a container without them, below what a model needs.
+        limits = {"cpu": self.cpu_limit or self.cpu, "memory": self.memory}
+        if self.gpus:
+            limits[gpu_resource] = str(self.gpus)
+        return {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": limits}
+
+
+class Toleration(_Model):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+class Profile(_Model):
+    """What differs between the cpu and gpu overlays, for the predictor only."""
+
+    image: str | None = Field(default=None, description="default: the top-level image")
+    device: str = Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"]
+    resources: Resources
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    scale_down_delay: Duration
+    window: Duration
+    progress_deadline: Duration
+
+
+def _cpu_profile() -> Profile:
+    return Profile(device="cpu", dtype="float32", resources=Resources(cpu="2", memory="4Gi"),
+                   scale_down_delay="2m", window="60s", progress_deadline="10m")
+
+
+def _gpu_profile() -> Profile:
+    # A scale from zero may first wait for the cluster autoscaler to add a GPU node, pull a large
+    # image and load weights: the progress deadline covers all of that; the longer scale-down delay
+    # and window keep an expensive replica through short lulls instead of paying that again.
+    return Profile(device="cuda", dtype="auto", resources=Resources(cpu="4", memory="16Gi", gpus=1),
+                   node_selector={"nvidia.com/gpu.present": "true"},
+                   tolerations=[Toleration(key="nvidia.com/gpu")],
+                   scale_down_delay="10m", window="120s", progress_deadline="30m")
+
+
+class Profiles(_Model):
+    """A profile given in the config is merged over the default one, so ``gpu: {image: ...}`` is enough."""
+
+    cpu: Profile = Field(default_factory=_cpu_profile)
+    gpu: Profile = Field(default_factory=_gpu_profile)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        defaults = {"cpu": _cpu_profile(), "gpu": _gpu_profile()}
+        return {key: {**defaults[key].model_dump(), **value} if key in defaults and isinstance(value, dict) else value
+                for key, value in data.items()}
+
+
+class Predictor(_Model):
+    model_name: Name
+    task: Literal["embed", "generate"]
+    model_id: str | None = Field(default=None, description="a model packaged in the image")
+    storage_uri: str | None = Field(default=None, pattern=r"^(pvc|oci)://.+",
+                                    description="pvc://claim/path or oci://registry/image: mounted at /mnt/models")
+    gguf_file: str | None = None
+    max_batch_size: int = Field(default=32, ge=1)
+    max_batch_latency_ms: float = Field(default=5.0, ge=0)
+    max_queue: int = Field(default=1024, ge=1)
+    load_wait_s: float = Field(default=30.0, ge=0)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    initial_scale: int = Field(default=1, ge=0)
+    scale_target: int | None = Field(default=None, ge=1, description="default: max_batch_size")
+    container_concurrency: int | None = Field(default=None, ge=1, description="default: 2 x scale_target")
+    timeout_s: int = Field(default=300, ge=1)
+
+    @property
+    def effective_scale_target(self) -> int:
+        # One full batch per replica in flight is the point where another replica pays off.
+        return self.scale_target or self.max_batch_size
+
+    @property
+    def effective_container_concurrency(self) -> int:
+        # Two batches' worth: one computing while the next fills. Beyond that, requests wait in
+        # Knative's queue-proxy/activator (and drive scale-out) instead of in our batcher's queue.
+        return self.container_concurrency or 2 * self.effective_scale_target
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Predictor:
+        if (self.model_id is None) == (self.storage_uri is None):
+            raise ValueError("predictor: give exactly one of model_id (packaged in the image) or storage_uri")
+        if self.model_id is not None:
+            packaged = PACKAGED_MODELS.get(self.model_id)
+            if packaged is None:
+                raise ValueError(f"predictor.model_id {self.model_id!r} is not packaged; known: "
+                                 f"{', '.join(sorted(PACKAGED_MODELS))}")
+            if packaged.task != self.task:
+                raise ValueError(f"predictor.model_id {self.model_id!r} is a {packaged.task} model, not {self.task}")
+        if self.gguf_file and self.storage_uri is None:
+            raise ValueError("predictor.gguf_file needs storage_uri (the GGUF file lives in the model directory)")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"predictor.min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        cc, target = self.effective_container_concurrency, self.effective_scale_target
+        if cc < target:
+            raise ValueError(f"predictor.container_concurrency ({cc}) must be >= scale_target ({target}): "
+                             "the autoscaler would aim for more concurrent requests than a replica admits")
+        if cc > self.max_queue:
+            raise ValueError(f"predictor.container_concurrency ({cc}) must be <= max_queue ({self.max_queue}): "
+                             "requests Knative admits would be shed by the batcher with 503")
+        return self
+
+
+class Transformer(_Model):
+    model_name: Name = "rag"
+    predictor_protocol: Literal["v1", "v2"] = Field(
+        default="v1", description="grpc-v2 cannot pass Knative's single http1 port of the predictor")
+    embedder: str = Field(default="all-minilm-l6-v2", description="a predictor URL, or a packaged embed model id")
+    collection: str = Field(default="kzero", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    top_k: int = Field(default=4, ge=1)
+    max_new_tokens: int = Field(default=256, ge=1, description="per answer; at most the predictor's limit")
+    resources: Resources = Resources(cpu="1", memory="2Gi")
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    scale_target: int = Field(default=16, ge=1)
+    timeout_s: int = Field(default=300, ge=1)
+
+
+class Milvus(_Model):
+    uri: str = "http://milvus.milvus.svc.cluster.local:19530"
+    namespace: Name = "milvus"
+    port: int = 19530
+
+
+class Telemetry(_Model):
+    endpoint: str | None = "http://otel-collector.observability.svc.cluster.local:4317"
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    sampler: str = "parentbased_traceidratio"
+    sampler_arg: str = "1.0"
+    namespace: Name = "observability"
+
+
+class KafkaAuth(_Model):
+    """Credentials stay in a Secret you create (keys below); the manifests only reference it."""
+
+    mechanism: Literal["none", "plain", "scram-sha-256", "scram-sha-512"] = "none"
+    tls: bool = False
+    secret: Name | None = Field(default=None, description="keys: protocol, sasl.mechanism, user, password, ca.crt")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mechanism != "none" or self.tls
+
+    @model_validator(mode="after")
+    def _secret(self) -> KafkaAuth:
+        if self.enabled and self.secret is None:
+            raise ValueError("kafka.auth.secret is required with SASL or TLS")
+        return self
+
+
+class Topic(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    retention_ms: int = Field(ge=-1)
+
+
+class Kafka(_Model):
+    bootstrap_servers: str = "my-cluster-kafka-bootstrap.kafka.svc:9092"
+    namespace: Name = Field(default="kafka", description="where the Strimzi cluster and its topic operator run")
+    cluster: Name = "my-cluster"
+    partitions: int = Field(default=6, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    ports: list[int] = [9092, 9093]
+    requests: Topic = Topic(name="kzero.requests", retention_ms=7 * 24 * 3600 * 1000)
+    results: Topic = Topic(name="kzero.results", retention_ms=7 * 24 * 3600 * 1000)
+    dlq: Topic = Topic(name="kzero.dlq", retention_ms=30 * 24 * 3600 * 1000)
+    auth: KafkaAuth = KafkaAuth()
+
+
+class Worker(_Model):
+    group: Name = "kzero-worker"
+    protocol: Literal["v1", "v2"] = "v1"
+    max_batch: int | None = Field(default=None, ge=1, description="default: the predictor's max_batch_size")
+    max_wait_ms: int = Field(default=20, ge=0)
+    max_in_flight: int = Field(default=512, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1, description="default and upper bound: partitions")
+    lag_threshold: int = Field(default=256, ge=1, description="target consumer lag per worker replica")
+    activation_lag_threshold: int = Field(default=0, ge=0)
+    polling_interval_s: int = Field(default=15, ge=1)
+    cooldown_period_s: int = Field(default=300, ge=0)
+    shutdown_grace_s: int = Field(default=30, ge=0)
+    resources: Resources = Resources(cpu="500m", memory="1Gi", cpu_limit="1")
+
+
+class KnativeRoute(_Model):
+    consumer_group: Name = "kzero-knative"
+    initial_offset: Literal["earliest", "latest"] = "earliest"
+    # Unordered lets the dispatcher keep many events in flight per partition, which is what
+    # fills the predictor's batches; ordered would send one event at a time per partition.
+    ordering: Literal["ordered", "unordered"] = "unordered"
+    retry: int = Field(default=5, ge=0)
+    backoff_delay: IsoDuration = "PT0.5S"
+    timeout: IsoDuration = "PT300S"
+
+
+class Network(_Model):
+    serving_namespace: Name = "knative-serving"
+    ingress_namespace: Name = Field(default="kourier-system", description="istio-system with Istio")
+    eventing_namespace: Name = "knative-eventing"
+    dns_namespace: Name = "kube-system"
+    monitoring_namespace: Name | None = Field(default=None, description="Prometheus, admitted to /metrics")
+
+
+class Cache(_Model):
+    volume: Literal["pvc", "emptyDir"] = "emptyDir"
+    size: Quantity = "20Gi"
+    create: bool = True
+    claim_name: Name | None = Field(default=None, description="default: <name>-model-cache")
+    storage_class: str | None = None
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteMany"
+
+
+class DeployConfig(_Model):
+    name: Name
+    namespace: Name
+    image: str = Field(min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    kafka_overlays_on: Literal["cpu", "gpu"] = "cpu"
+    predictor: Predictor
+    transformer: Transformer | None = None
+    profiles: Profiles = Profiles()
+    cache: Cache = Cache()
+    kafka: Kafka = Kafka()
+    worker: Worker = Worker()
+    knative: KnativeRoute = KnativeRoute()
+    milvus: Milvus = Milvus()
+    telemetry: Telemetry = Telemetry()
+    network: Network = Network()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeployConfig:
+        if self.worker.max_replicas is not None and self.worker.max_replicas > self.kafka.partitions:
+            raise ValueError(f"worker.max_replicas ({self.worker.max_replicas}) > kafka.partitions "
+                             f"({self.kafka.partitions}): the extra workers would get no partition")
+        if self.worker.max_in_flight < self.worker_max_batch:
+            raise ValueError(f"worker.max_in_flight ({self.worker.max_in_flight}) must be >= max_batch "
+                             f"({self.worker_max_batch})")
+        if self.transformer is not None:
+            if self.transformer.model_name == self.predictor.model_name:
+                raise ValueError("transformer.model_name must differ from predictor.model_name")
+            limit = self.predictor.max_new_tokens or LimitsConfig().max_new_tokens
+            if self.transformer.max_new_tokens > limit:
+                raise ValueError(f"transformer.max_new_tokens ({self.transformer.max_new_tokens}) exceeds the "
+                                 f"predictor's max_new_tokens ({limit}): every answer would be refused")
+        return self
+
+    @property
+    def worker_max_batch(self) -> int:
+        return self.worker.max_batch or self.predictor.max_batch_size
+
+    @property
+    def worker_max_replicas(self) -> int:
+        return self.worker.max_replicas or self.kafka.partitions
+
+    @property
+    def cache_claim(self) -> str:
+        return self.cache.claim_name or f"{self.name}-model-cache"
+
+    @property
+    def entry_component(self) -> str:
+        """The component that receives the InferenceService's traffic."""
+        return "transformer" if self.transformer is not None else "predictor"
+
+    @property
+    def entry_model(self) -> str:
+        return self.transformer.model_name if self.transformer is not None else self.predictor.model_name
+
+    def component_host(self, component: str) -> str:
+        # Every Knative Service has a cluster-local address whatever the networking layer;
+        # the InferenceService's own top-level host needs KServe's Istio VirtualService.
+        return f"{self.name}-{component}.{self.namespace}.svc.cluster.local"
+
+
+def load_config(path: Path) -> DeployConfig:
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return DeployConfig.model_validate(data)
