@@ -107,7 +107,6 @@ class Worker:
         self._loop_thread.start()
         if self._config.exactly_once:
             self._producer.init_transactions()
-        self._await_partitions(stop)
         self._consumer.subscribe([self._config.input_topic], listener=_Listener(self))
         log.info("worker consuming %s as group %s (%s)", self._config.input_topic, self._config.group,
                  "exactly-once" if self._config.exactly_once else "at-least-once")
@@ -120,15 +119,6 @@ class Worker:
             self._producer.close()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(5)
-
-    def _await_partitions(self, stop: threading.Event, timeout_s: float = 60.0) -> None:
-        """Join the group only once this client knows the topic's partitions: an assignment made
-        from metadata without them is empty and may not be redone (a race right after creation)."""
-        deadline = self._clock() + timeout_s
-        while not self._consumer.partitions_for_topic(self._config.input_topic):
-            if stop.is_set() or self._clock() > deadline:
-                raise RuntimeError(f"topic {self._config.input_topic} has no partitions after {timeout_s:g}s")
-            time.sleep(0.2)
 
     # -- the loop ---------------------------------------------------------------------------
 

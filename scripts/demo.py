@@ -2,7 +2,9 @@
 
 1. Starts the embedding and the generation predictor on free loopback ports and sends one request
    of each protocol (v1, v2, gRPC, OpenAI) to each, printing answers and timings.
-2. Starts a single-node Kafka broker (scripts/kafka.sh, or $KAFKA_BOOTSTRAP_SERVERS), runs the
+2. Ingests the corpus in docs/corpus into Milvus Lite, starts the RAG transformer in front of the
+   generation predictor, and asks a few questions, printing answers with their sources.
+3. Starts a single-node Kafka broker (scripts/kafka.sh, or $KAFKA_BOOTSTRAP_SERVERS), runs the
    eventing worker against the embedding predictor, submits a batch job of CloudEvents, collects
    every result and prints the job's throughput.
 Everything is shut down at the end.
@@ -20,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
@@ -127,6 +130,36 @@ def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
             print("  broker stopped")
 
 
+QUESTIONS = [
+    "How does kzero avoid paying for idle GPUs?",
+    "What happens to a request that keeps failing?",
+    "How do I ask the RAG model a question?",
+]
+
+
+def rag_demo(generate: PredictorProcess) -> None:
+    db = Path("data/kzero.db")
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "transformers_pre.ingest", "--milvus_uri", str(db), "--collection", "kzero",
+         "--no_progress", "docs/corpus"], capture_output=True, text=True, check=True,
+    )
+    print(f"  ingested docs/corpus in {time.perf_counter() - started:.1f}s: {out.stdout.strip().splitlines()[-1]}")
+    args = ["--predictor_host", f"127.0.0.1:{generate.http_port}", "--predictor_model", "smol",
+            "--milvus_uri", str(db), "--collection", "kzero", "--max_new_tokens", "64"]
+    with PredictorProcess(args, model_name="rag", module="transformers_pre", log_path=LOGS / "rag.log") as rag:
+        print(f"  transformer ready in {rag.wait_ready():.1f}s at {rag.url}")
+        for question in QUESTIONS:
+            started = time.perf_counter()
+            reply = httpx.post(f"{rag.url}/v1/models/rag:predict", json={"instances": [{"question": question}]},
+                               timeout=300).json()["predictions"][0]
+            print(f"\n  Q: {question}   ({1000 * (time.perf_counter() - started):.0f} ms)")
+            print(f"  A: {reply['answer']!r}")
+            for n, source in enumerate(reply["sources"], start=1):
+                cited = "*" if n in reply["citations"] else " "
+                print(f"   {cited}[{n}] {source['doc_id']:<16} score {source['score']:.3f}")
+
+
 def main() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     embed = PredictorProcess(["--task", "embed", "--model_id", "all-minilm-l6-v2"], model_name="minilm",
@@ -142,6 +175,8 @@ def main() -> int:
         asyncio.run(embed_demo(embed))
         print("\ngeneration: SmolLM2-135M-Instruct")
         asyncio.run(generate_demo(generate))
+        print("\nretrieval-augmented generation: docs/corpus -> Milvus Lite -> transformer -> SmolLM2")
+        rag_demo(generate)
         print("\nbatch job: CloudEvents over Kafka")
         kafka_demo(embed)
     print("\npredictors stopped cleanly")
