@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from predictors.loading import load_task
     from predictors.metrics import PredictorMetrics
     from predictors.model import BatchedModel
-    from predictors.server import KzeroServer, predictor_routers
+    from predictors.server import KzeroServer, predictor_routers, serve
 
     import_s = _seconds_since_process_start()
     from transformers.utils import logging as hf_logging
@@ -111,15 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
     )
     logging.getLogger(__name__).info("process start to imports done: %.2fs", import_s)
-    try:
-        KzeroServer(model, metrics, predictor_routers(model), http_port=config.http_port,
-                    grpc_port=config.grpc_port, enable_grpc=config.enable_grpc).start()
-    except Exception as err:  # a model that cannot load must not look alive
-        logging.getLogger(__name__).error("predictor stopped: %s", err, exc_info=err)
-        return 1
-    finally:
-        telemetry.shutdown()
-    return 0
+    server = KzeroServer(model, metrics, predictor_routers(model), http_port=config.http_port,
+                         grpc_port=config.grpc_port, enable_grpc=config.enable_grpc)
+    return serve(server, telemetry, "predictor")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,13 @@ def openai_error(err: PredictorError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+async def json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as err:
+        raise InvalidInput("body", f"not valid JSON: {err}") from err
+
+
 def _usage(results: list[GenerationResult]) -> dict[str, int]:
     prompt = sum(r.prompt_tokens for r in results)
     completion = sum(r.completion_tokens for r in results)
@@ -142,11 +149,7 @@ def openai_router(model: BatchedModel) -> APIRouter:
         return wrap
 
     async def body_of(request: Request, schema: type[_Body]) -> Any:
-        try:
-            raw = await request.json()
-        except ValueError as err:
-            raise InvalidInput("body", f"not valid JSON: {err}") from err
-        body = parse_model(schema, raw)
+        body = parse_model(schema, await json_body(request))
         if body.model != model.name:
             raise ModelNotFound(body.model, [model.name])
         await model.wait_ready()

@@ -32,6 +32,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v1_endpoints import V1Endpoints
 
+from observability.telemetry import Telemetry
 from predictors.cloudevents_http import cloudevents_router
 from predictors.errors import InvalidInput, NotFound, Overloaded, PredictorError, Unavailable
 from predictors.metrics import PredictorMetrics
@@ -220,3 +221,15 @@ class KzeroServer(ModelServer):
         self.setup_event_loop()
         self.register_signal_handler()
         asyncio.run(self._serve())
+
+
+def serve(server: KzeroServer, telemetry: Telemetry, role: str) -> int:
+    """Run ``server`` until it stops; a model that cannot load must not look alive (exit 1)."""
+    try:
+        server.start()
+    except Exception as err:
+        log.error("%s stopped: %s", role, err, exc_info=err)
+        return 1
+    finally:
+        telemetry.shutdown()
+    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -69,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from observability.telemetry import setup_telemetry
     from predictors.cloudevents_http import cloudevents_router
     from predictors.metrics import PredictorMetrics
-    from predictors.server import KzeroServer
+    from predictors.server import KzeroServer, serve
     from transformers_pre.deps import build_deps
     from transformers_pre.model import RagModel
     from transformers_pre.openai_api import rag_openai_router
@@ -80,15 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def routers(dataplane: DataPlane) -> list[APIRouter]:
         return [rag_openai_router(model), cloudevents_router(model, V1Endpoints(dataplane).predict)]
 
-    try:
-        KzeroServer(model, PredictorMetrics(), routers, http_port=config.http_port, grpc_port=config.grpc_port,
-                    enable_grpc=config.enable_grpc).start()
-    except Exception as err:
-        logging.getLogger(__name__).error("transformer stopped: %s", err, exc_info=err)
-        return 1
-    finally:
-        telemetry.shutdown()
-    return 0
+    server = KzeroServer(model, PredictorMetrics(), routers, http_port=config.http_port,
+                         grpc_port=config.grpc_port, enable_grpc=config.enable_grpc)
+    return serve(server, telemetry, "transformer")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from predictors.errors import InvalidInput, ModelNotFound, PredictorError
-from predictors.openai_api import ChatBody, openai_error, sse
+from predictors.openai_api import ChatBody, json_body, openai_error, sse
 from predictors.validation import parse_model
 from transformers_pre.context import RagContext, RagInstance
 from transformers_pre.errors import PredictorUnavailable
@@ -40,10 +40,7 @@ def rag_openai_router(model: RagModel) -> APIRouter:
 
 
 async def _chat(model: RagModel, request: Request) -> Response:
-    try:
-        raw = await request.json()
-    except ValueError as err:
-        raise InvalidInput("body", f"not valid JSON: {err}") from err
+    raw = await json_body(request)
     body = parse_model(ChatBody, raw)
     if body.model != model.name:
         raise ModelNotFound(body.model, [model.name])
