@@ -36,8 +36,12 @@ async def call_with_retries(
     *,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
+    on_retry: Callable[[int, TransientCallError], None] | None = None,
 ) -> tuple[T, int]:
-    """The call's result and the attempts it took. A raised ``CallFailed`` carries ``attempts``."""
+    """The call's result and the attempts it took. A raised ``CallFailed`` carries ``attempts``.
+
+    ``on_retry(attempt, error)`` is told before each retry (for metrics and span events).
+    """
     attempt = 0
     while True:
         attempt += 1
@@ -47,6 +51,8 @@ async def call_with_retries(
             err.attempts = attempt
             if attempt >= policy.max_attempts:
                 raise
+            if on_retry is not None:
+                on_retry(attempt, err)
             await sleep(policy.delay(attempt, err, rand))
         except CallFailed as err:
             err.attempts = attempt
