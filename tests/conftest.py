@@ -8,6 +8,7 @@ import pytest
 
 from predictors.launch import PredictorProcess
 from tests.kafka_fixture import kafka_bootstrap  # noqa: F401
+from tests.otlp_receiver import OtlpReceiver
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -62,3 +63,10 @@ def generate_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path)
     server = start_predictor(tmp_path_factory, "smol", args)
     yield server
     assert server.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """One real OTLP receiver (gRPC + HTTP) for the session; tests filter by service or trace id."""
+    with OtlpReceiver() as receiver:
+        yield receiver
