@@ -19,7 +19,11 @@ from pydantic import ValidationError
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
 from eventing.errors import MalformedEvent
 from eventing.topics import ensure_topics
+from observability.logs import LogConfig, setup_logging
+from observability.telemetry import Telemetry, setup_telemetry
 from predictors.kserve_import import import_kserve
+
+INSTRUMENTATION = "kzero.eventing"
 
 
 def _bootstrap(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--exactly-once", action="store_true")
     w.add_argument("--transactional-id")
     w.add_argument("--output-mode", default="binary", choices=["binary", "structured"])
+    w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
 
     s = sub.add_parser("submit", help="submit a JSONL file as a job: one request event per line")
     _bootstrap(s)
@@ -78,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _worker(args: argparse.Namespace, telemetry: Telemetry) -> int:
     import_kserve()
+    from prometheus_client import CollectorRegistry, start_http_server
+
     from eventing.config import WorkerConfig
+    from eventing.metrics import WorkerMetrics
     from eventing.processing import Processor
     from eventing.worker import Worker, kafka_clients
     from predictors.client import PredictorClient, make_client
@@ -102,29 +110,36 @@ def _worker(args: argparse.Namespace) -> int:
     else:
         assert config.predictor_url is not None
         client = make_client(config.protocol, config.predictor_url, config.request_timeout_s)
-    processor = Processor(client, config.model, config.retry, config.max_instances)
+    registry = None
+    if args.metrics_port:
+        registry = CollectorRegistry()
+        start_http_server(args.metrics_port, registry=registry)
+    metrics = WorkerMetrics(telemetry.meter(INSTRUMENTATION), registry)
+    tracer = telemetry.tracer(INSTRUMENTATION)
+    processor = Processor(client, config.model, config.retry, config.max_instances, tracer=tracer,
+                          on_retry=metrics.retried)
     ensure_topics(config.bootstrap_servers, [config.input_topic, config.output_topic, config.dlq_topic])
     consumer, producer = kafka_clients(config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Worker(config, processor, consumer, producer).run(stop)
+    Worker(config, processor, consumer, producer, tracer=tracer, metrics=metrics).run(stop)
     return 0
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _submit(args: argparse.Namespace, telemetry: Telemetry) -> int:
     from eventing.jobs import submit
 
     job_id = args.job_id or str(uuid.uuid4())
     ensure_topics(args.bootstrap_servers, [args.topic])
     with args.input.open() as source:
         count = submit(args.bootstrap_servers, args.topic, job_id, source, args.mode, args.parameters,
-                       args.key_field, progress=sys.stderr.isatty())
+                       args.key_field, progress=sys.stderr.isatty(), tracer=telemetry.tracer(INSTRUMENTATION))
     print(json.dumps({"job_id": job_id, "submitted": count, "topic": args.topic}))
     return 0
 
 
-def _results(args: argparse.Namespace) -> int:
+def _results(args: argparse.Namespace, telemetry: Telemetry) -> int:
     from eventing.jobs import collect, write_results
 
     ensure_topics(args.bootstrap_servers, [args.topic, args.dlq_topic])
@@ -136,12 +151,13 @@ def _results(args: argparse.Namespace) -> int:
     return 0 if job.complete and not job.errors else 1
 
 
-def _replay(args: argparse.Namespace) -> int:
+def _replay(args: argparse.Namespace, telemetry: Telemetry) -> int:
     from eventing.jobs import failed_requests, send_events
 
     ensure_topics(args.bootstrap_servers, [args.dlq_topic, args.topic])
     originals = failed_requests(args.bootstrap_servers, args.dlq_topic, args.job_id, args.code)
-    count = send_events(args.bootstrap_servers, args.topic, originals, args.mode, progress=sys.stderr.isatty())
+    count = send_events(args.bootstrap_servers, args.topic, originals, args.mode, progress=sys.stderr.isatty(),
+                        tracer=telemetry.tracer(INSTRUMENTATION))
     print(json.dumps({"job_id": args.job_id, "replayed": count, "topic": args.topic}))
     return 0
 
@@ -151,15 +167,21 @@ COMMANDS: dict[str, Any] = {"worker": _worker, "submit": _submit, "results": _re
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per predictor call
     args = build_parser().parse_args(argv)
     if not args.bootstrap_servers:
         print("python -m eventing: --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS is required", file=sys.stderr)
         return 2
     try:
-        return int(COMMANDS[args.command](args))
+        setup_logging(LogConfig.from_env(os.environ))
+        # OTEL_SERVICE_NAME, when set, wins over this default.
+        telemetry = setup_telemetry(f"kzero-{args.command}", os.environ)
+    except ValueError as err:  # TelemetryConfigError too: the message names the variable
+        print(f"python -m eventing: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per predictor call
+    try:
+        return int(COMMANDS[args.command](args, telemetry))
     except MalformedEvent as err:
         print(f"python -m eventing {args.command}: {err}", file=sys.stderr)
         return 2
@@ -168,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m eventing {args.command}: invalid {'.'.join(map(str, first['loc']))}: {first['msg']}",
               file=sys.stderr)
         return 2
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from opentelemetry import trace
 from tqdm import tqdm
 
+from eventing import tracing
 from eventing.errors import MalformedEvent
-from eventing.events import ERROR_TYPE, RESULT_TYPE, Event, from_structured_dict, request_event
-from eventing.kafka_binding import KafkaRecord, Mode, from_client_record, from_record, to_record
+from eventing.events import ERROR_TYPE, RESULT_TYPE, TRACE_CONTEXT, Event, from_structured_dict, request_event
+from eventing.kafka_binding import KafkaRecord, Mode, from_client_record, from_record
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,27 @@ def _producer(bootstrap: str) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10)
 
 
-def send_events(bootstrap: str, topic: str, events: Iterable[Event], mode: Mode, *, progress: bool = True) -> int:
+def send_events(bootstrap: str, topic: str, events: Iterable[Event], mode: Mode, *, progress: bool = True,
+                tracer: trace.Tracer | None = None) -> int:
+    """Send each event under a PRODUCER span whose context it carries on (see ``eventing.tracing``).
+
+    The span's parent is the current context, except for an event that already carries trace
+    context (a replayed request): it continues its own trace.
+    """
+    tracer = tracer or trace.get_tracer(__name__)
     producer = _producer(bootstrap)
     count = 0
     try:
         for event in tqdm(events, desc="submitting", unit="event", disable=not progress):
-            record = to_record(event, topic, mode)
-            producer.send(topic, value=record.value, key=record.key, headers=list(record.headers))
+            parent = tracing.event_context(event) if any(event.get(n) for n in TRACE_CONTEXT) else None
+            span = tracing.start_send_span(tracer, topic, event, parent)
+            try:
+                record = tracing.traced_record(event, topic, mode, span)
+                future = producer.send(topic, value=record.value, key=record.key, headers=list(record.headers))
+            except BaseException as err:
+                tracing.failed(span, err)
+                raise
+            tracing.send_future_ends(span, future)
             count += 1
         producer.flush()
     finally:
@@ -65,10 +81,11 @@ def send_events(bootstrap: str, topic: str, events: Iterable[Event], mode: Mode,
 
 
 def submit(bootstrap: str, topic: str, job_id: str, source: TextIO, mode: Mode = "binary",
-           parameters: dict[str, Any] | None = None, key_field: str | None = None, progress: bool = True) -> int:
+           parameters: dict[str, Any] | None = None, key_field: str | None = None, progress: bool = True,
+           tracer: trace.Tracer | None = None) -> int:
     # Read and check the whole file first: a bad line must not leave half a job submitted.
     events = list(job_events(source, job_id, parameters=parameters, key_field=key_field))
-    return send_events(bootstrap, topic, events, mode, progress=progress)
+    return send_events(bootstrap, topic, events, mode, progress=progress, tracer=tracer)
 
 
 def scan(bootstrap: str, topics: list[str], *, idle_timeout_s: float, deadline: float | None = None,

@@ -7,13 +7,19 @@ other handlers (e.g. RAG document upserts) plug into the same worker through ``E
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Status, StatusCode
+
 from eventing.calls import Call, plan, split
 from eventing.events import Event, validate_request
-from predictors.client import PermanentCallError, PredictorClient, TransientCallError
+from observability import propagation
+from observability import semconv as sc
+from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError
 from predictors.retry import RetryPolicy, call_with_retries
 
 
@@ -50,21 +56,31 @@ class EventHandler(Protocol):
 
     async def process(
         self, requests: Sequence[dict[str, Any]], headers: Sequence[Mapping[str, str]] | None = None
-    ) -> list[Outcome]: ...
+    ) -> list[Outcome]:
+        """One outcome per request; ``headers[i]`` carries request i's trace context."""
+        ...
 
 
 class Processor:
-    """Turns request bodies into one outcome each; a permanent failure is isolated to its request."""
+    """Turns request bodies into one outcome each; a permanent failure is isolated to its request.
+
+    Each predictor call runs inside a ``predict {model}`` span, a child of the first request it
+    serves and linked to the others, so the client's spans (one per attempt) join that trace; retries
+    show as span events and the attempts as ``kzero.attempt``.
+    """
 
     emits_results = True
 
     def __init__(
         self, client: PredictorClient, model: str, policy: RetryPolicy, max_instances: int,
+        *, tracer: trace.Tracer | None = None, on_retry: Callable[[int, TransientCallError], None] | None = None,
     ) -> None:
         self._client = client
         self._model = model
         self._policy = policy
         self._max_instances = max_instances
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._on_retry = on_retry
 
     def validate(self, event: Event) -> dict[str, Any]:
         return validate_request(event)
@@ -82,11 +98,8 @@ class Processor:
         self, call: Call, requests: Sequence[dict[str, Any]], outcomes: list[Outcome | None],
         headers: Sequence[Mapping[str, str]] | None,
     ) -> None:
-        first = headers[call.members[0]] if headers else None
         try:
-            response, attempts = await call_with_retries(
-                lambda: self._client.predict(self._model, call.body, first), self._policy
-            )
+            response, attempts = await self._call(call, headers)
         except PermanentCallError as err:
             if len(call.members) == 1:
                 outcomes[call.members[0]] = Failure(REJECTED, str(err), err.attempts)
@@ -107,3 +120,35 @@ class Processor:
             return
         for member, part in zip(call.members, parts, strict=True):
             outcomes[member] = Success(part, attempts)
+
+    async def _call(self, call: Call, headers: Sequence[Mapping[str, str]] | None) -> tuple[dict[str, Any], int]:
+        contexts = ([propagation.extract(headers[m]) for m in call.members] if headers
+                    else [otel_context.get_current()])
+        links = [Link(context) for c in contexts[1:]
+                 if (context := trace.get_current_span(c).get_span_context()).is_valid]
+        attributes = {sc.KZERO_MODEL: self._model, sc.KZERO_BATCH_SIZE: len(call.members),
+                      sc.KZERO_ITEMS: sum(call.counts)}
+        with self._tracer.start_as_current_span(
+            f"predict {self._model}", context=contexts[0], links=links, attributes=attributes,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                # inject() runs per attempt, inside this span: the headers carry its context.
+                response, attempts = await call_with_retries(
+                    lambda: self._client.predict(self._model, call.body, propagation.inject()), self._policy,
+                    on_retry=self._retried,
+                )
+            except CallFailed as err:
+                span.set_attribute(sc.KZERO_ATTEMPT, err.attempts)
+                kind = str(err.status or type(err).__name__)
+                span.set_attribute(sc.ERROR_TYPE, kind)
+                span.set_status(Status(StatusCode.ERROR, kind))
+                raise
+            span.set_attribute(sc.KZERO_ATTEMPT, attempts)
+            return response, attempts
+
+    def _retried(self, attempt: int, error: TransientCallError) -> None:
+        trace.get_current_span().add_event(
+            "retry", {sc.KZERO_ATTEMPT: attempt, sc.ERROR_TYPE: str(error.status or type(error).__name__)})
+        if self._on_retry is not None:
+            self._on_retry(attempt, error)

@@ -10,6 +10,13 @@ The consumer is used from this thread only. Predictor calls run on an asyncio lo
 thread, several micro-batches at a time; results are emitted in the order their batches were
 formed, which keeps per-partition order. When ``max_in_flight`` events are unanswered, the
 assigned partitions are paused (polling goes on, so the group never times this worker out).
+
+Tracing: each consumed record gets a CONSUMER span ``process {topic}``, parented to the context the
+record carries (see ``eventing.tracing``), which ends once its answer is acknowledged (or with an
+error status when the record is abandoned to the next owner). Each micro-batch gets a root span
+linked to its records' spans; the handler gets each record's span context to call the predictor
+under; the result or DLQ event is sent under a PRODUCER span, a child of the record's span, whose
+context the event carries on.
 """
 
 from __future__ import annotations
@@ -28,17 +35,24 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
+from eventing import tracing
 from eventing.config import WorkerConfig
 from eventing.errors import MalformedEvent
 from eventing.events import Event, error_event, result_event
-from eventing.kafka_binding import KafkaRecord, from_client_record, from_record, to_record
+from eventing.kafka_binding import KafkaRecord, from_client_record, from_record
+from eventing.metrics import DEAD_LETTERED, SUCCEEDED, WorkerMetrics
 from eventing.offsets import OffsetTracker
 from eventing.processing import INVALID_EVENT, EventHandler, Failure, Outcome, Success
+from observability import propagation
+from observability import semconv as sc
 
 log = logging.getLogger(__name__)
 
 _SEND_RETRY_S = 1.0
+_LAG_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -49,7 +63,10 @@ class Item:
     record: KafkaRecord
     event: Event | None
     data: dict[str, Any] | None
+    span: Span
+    received: float
     failure: Failure | None = None
+    outcome: Outcome | None = None
 
 
 @dataclass
@@ -57,6 +74,14 @@ class Batch:
     items: list[Item]
     future: Future[list[Outcome]]
     formed: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A result or DLQ record and its send span, ended once the broker has it."""
+
+    record: KafkaRecord
+    span: Span
 
 
 def kafka_clients(config: WorkerConfig) -> tuple[KafkaConsumer, KafkaProducer]:
@@ -90,12 +115,17 @@ class Worker:
         producer: KafkaProducer,
         *,
         clock: Callable[[], float] = time.monotonic,
+        tracer: trace.Tracer | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._config = config
         self._handler = handler
         self._consumer = consumer
         self._producer = producer
         self._clock = clock
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._metrics = metrics or WorkerMetrics()
+        self._next_lag_sample = 0.0
         self._tracker = OffsetTracker()
         self._pending: list[tuple[float, Item]] = []
         self._in_flight: deque[Batch] = deque()
@@ -130,10 +160,25 @@ class Worker:
         now = self._clock()
         for partition, records in polled.items():
             for record in records:
-                item = self._accept(partition, from_client_record(record))
+                item = self._accept(partition, from_client_record(record), now)
                 self._pending.append((now, item))
         self._dispatch(force=False)
         self._emit_completed()
+        self._sample_lag()
+
+    def _sample_lag(self) -> None:
+        """Cache each assigned partition's lag for the gauge (the consumer is this thread's alone)."""
+        now = self._clock()
+        if now < self._next_lag_sample:
+            return
+        self._next_lag_sample = now + _LAG_INTERVAL_S
+        lags = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            position = self._consumer.position(tp, timeout_ms=0)  # no wait: unknown is skipped
+            if highwater is not None and position is not None:
+                lags[(tp.topic, str(tp.partition))] = max(0, highwater - position)
+        self._metrics.set_lags(lags)
 
     def _backpressure(self) -> None:
         assigned = self._consumer.assignment()
@@ -143,15 +188,17 @@ class Worker:
         elif self._consumer.paused():
             self._consumer.resume(*self._consumer.paused())
 
-    def _accept(self, partition: TopicPartition, record: KafkaRecord) -> Item:
+    def _accept(self, partition: TopicPartition, record: KafkaRecord, now: float) -> Item:
         assert record.offset is not None
         self._tracker.add(partition, record.offset)
-        event = None
+        event, data, failure = None, None, None
         try:
             event = from_record(record)
-            return Item(partition, record, event, self._handler.validate(event))
+            data = self._handler.validate(event)
         except MalformedEvent as err:
-            return Item(partition, record, event, None, Failure(INVALID_EVENT, str(err), 0))
+            failure = Failure(INVALID_EVENT, str(err), 0)
+        span = tracing.start_process_span(self._tracer, record, event, self._config.group)
+        return Item(partition, record, event, data, span, now, failure)
 
     def _dispatch(self, *, force: bool) -> None:
         while self._pending:
@@ -160,9 +207,13 @@ class Worker:
                 return
             items = [item for _, item in self._pending[: self._config.max_batch]]
             del self._pending[: self._config.max_batch]
-            requests = [item.data for item in items if item.failure is None]
-            headers = [_trace_headers(item.event) for item in items if item.failure is None]
+            accepted = [item for item in items if item.failure is None]
+            requests = [item.data for item in accepted]
+            headers = [propagation.inject(trace.set_span_in_context(item.span)) for item in accepted]
+            batch_span = tracing.start_batch_span(self._tracer, self._config.input_topic, [i.span for i in items])
+            self._metrics.batch_size.record(len(items))
             future = asyncio.run_coroutine_threadsafe(self._handler.process(requests, headers), self._loop)
+            future.add_done_callback(lambda f, span=batch_span: _end_batch_span(span, f))
             self._in_flight.append(Batch(items, future))
 
     def _emit_completed(self, wait_s: float = 0.0) -> None:
@@ -196,18 +247,24 @@ class Worker:
             return [item.failure or failure for item in batch.items]
         return [item.failure or next(computed) for item in batch.items]
 
-    def _records(self, batch: Batch) -> list[KafkaRecord]:
+    def _records(self, batch: Batch) -> list[Outgoing]:
         records = []
         for item, outcome in zip(batch.items, self._outcomes(batch), strict=True):
+            item.outcome = outcome
+            item.span.set_attribute(sc.KZERO_ATTEMPT, outcome.attempts)
             if isinstance(outcome, Success):
                 if self._handler.emits_results:
                     assert item.event is not None
                     event = result_event(item.event, outcome.response, source=self._config.source)
-                    records.append(to_record(event, self._config.output_topic, self._config.output_mode))
+                    records.append(self._outgoing(item, event, self._config.output_topic))
             else:
-                records.append(to_record(self._dead_letter(item, outcome), self._config.dlq_topic,
-                                         self._config.output_mode))
+                item.span.set_attribute(sc.KZERO_ERROR_CODE, outcome.code)
+                records.append(self._outgoing(item, self._dead_letter(item, outcome), self._config.dlq_topic))
         return records
+
+    def _outgoing(self, item: Item, event: Event, topic: str) -> Outgoing:
+        span = tracing.start_send_span(self._tracer, topic, event, trace.set_span_in_context(item.span))
+        return Outgoing(tracing.traced_record(event, topic, self._config.output_mode, span), span)
 
     def _dead_letter(self, item: Item, failure: Failure) -> Event:
         record = item.record
@@ -226,27 +283,49 @@ class Worker:
         )
 
     def _emit(self, batches: list[Batch]) -> None:
-        records = [record for batch in batches for record in self._records(batch)]
+        outgoing = [out for batch in batches for out in self._records(batch)]
         items = [item for batch in batches for item in batch.items]
         if self._config.exactly_once:
-            self._emit_transaction(items, records)
+            if not self._emit_transaction(items, outgoing):
+                return
         else:
-            self._send_until_acked(records)
+            self._send_until_acked(outgoing)
+            self._answered(items)
             for item in items:
                 self._tracker.done(item.partition, item.record.offset)  # type: ignore[arg-type]
             self._commit()
-        self.emitted += len(records)
+        self.emitted += len(outgoing)
 
-    def _send_until_acked(self, records: list[KafkaRecord]) -> None:
+    def _answered(self, items: list[Item]) -> None:
+        """Every item's answer is acknowledged: end its span and count it."""
+        now = self._clock()
+        for item in items:
+            outcome = item.outcome
+            if isinstance(outcome, Failure):
+                self._metrics.dlq_events.add(1, outcome.code)
+                self._metrics.processed.add(1, DEAD_LETTERED)
+                tracing.failed(item.span, outcome.code)
+            else:
+                self._metrics.processed.add(1, SUCCEEDED)
+                item.span.end()
+            self._metrics.latency.record(now - item.received)
+
+    def _send_until_acked(self, outgoing: list[Outgoing]) -> None:
         while True:
-            futures = [self._send(r) for r in records]
+            futures = [self._send(out.record) for out in outgoing]
             self._producer.flush()
-            failed = [r for r, f in zip(records, futures, strict=True) if f.failed()]
+            failed = []
+            for out, future in zip(outgoing, futures, strict=True):
+                if future.failed():
+                    out.span.add_event("resend", {sc.ERROR_TYPE: type(future.exception).__name__})
+                    failed.append(out)
+                else:
+                    tracing.sent(out.span, future.value)
             if not failed:
                 return
-            log.warning("%d of %d sends failed (%s); resending", len(failed), len(records),
-                        futures[records.index(failed[0])].exception)
-            records = failed
+            log.warning("%d of %d sends failed (%s); resending", len(failed), len(outgoing),
+                        futures[outgoing.index(failed[0])].exception)
+            outgoing = failed
             time.sleep(_SEND_RETRY_S)
 
     def _send(self, record: KafkaRecord) -> Any:
@@ -263,14 +342,14 @@ class Worker:
             return
         self._tracker.committed(offsets)
 
-    def _emit_transaction(self, items: list[Item], records: list[KafkaRecord]) -> None:
+    def _emit_transaction(self, items: list[Item], outgoing: list[Outgoing]) -> bool:
         for item in items:
             self._tracker.done(item.partition, item.record.offset)  # type: ignore[arg-type]
         offsets = self._tracker.committable()
+        futures = []
         try:
             self._producer.begin_transaction()
-            for record in records:
-                self._send(record)
+            futures = [self._send(out.record) for out in outgoing]
             if offsets:
                 self._producer.send_offsets_to_transaction(
                     {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, self._group_metadata()
@@ -278,9 +357,16 @@ class Worker:
             self._producer.commit_transaction()
         except KafkaError as err:
             log.warning("transaction failed (%s); aborting and rewinding to the committed offsets", err)
+            for out in outgoing:
+                tracing.failed(out.span, err, event="transaction aborted")
+            _abandon(items, "transaction aborted")
             self._abort_and_rewind()
-            return
+            return False
+        for out, future in zip(outgoing, futures, strict=True):
+            tracing.sent(out.span, future.value if future.succeeded() else None)
+        self._answered(items)
         self._tracker.committed(offsets)
+        return True
 
     def _group_metadata(self) -> Any:
         # Full group metadata fences zombie members (KIP-447) where the client supports it;
@@ -295,7 +381,9 @@ class Worker:
             raise RuntimeError(f"cannot abort the failed transaction: {err}") from err
         for batch in self._in_flight:
             batch.future.cancel()
+            _abandon(batch.items, "transaction aborted")
         self._in_flight.clear()
+        _abandon([item for _, item in self._pending], "transaction aborted")
         self._pending.clear()
         assigned = list(self._consumer.assignment())
         self._tracker.forget(assigned)
@@ -315,16 +403,21 @@ class Worker:
         call the consumer. Nothing of these partitions is committed any more; answers still in
         flight are emitted (the next owner redoes those records: at-least-once).
         """
+        _abandon([item for _, item in self._pending if item.partition in partitions], "partition revoked")
         self._pending = [(t, i) for t, i in self._pending if i.partition not in partitions]
         self._tracker.forget(partitions)
         log.info("revoked %s", sorted(f"{tp.topic}-{tp.partition}" for tp in partitions))
 
     def _drain(self) -> None:
         """SIGTERM: finish the in-flight batches within the grace period, commit, leave the group."""
-        self._pending.clear()  # consumed but not started: not committed, so the next owner takes them
+        # Consumed but not started: not committed, so the next owner takes them.
+        _abandon([item for _, item in self._pending], "shutdown")
+        self._pending.clear()
         self._emit_completed(wait_s=self._config.shutdown_grace_s)
         if self._in_flight:
             log.warning("abandoning %d unfinished batches; their records stay uncommitted", len(self._in_flight))
+            for batch in self._in_flight:
+                _abandon(batch.items, "shutdown")
         log.info("worker stopped after emitting %d events", self.emitted)
 
 
@@ -340,7 +433,16 @@ class _Listener(ConsumerRebalanceListener):
         log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
 
-def _trace_headers(event: Event | None) -> dict[str, str]:
-    if event is None:
-        return {}
-    return {name: value for name in ("traceparent", "tracestate") if (value := event.get(name))}
+def _abandon(items: list[Item], reason: str) -> None:
+    """End the spans of records left unanswered for the next owner to redo."""
+    for item in items:
+        tracing.failed(item.span, "abandoned", event=f"abandoned: {reason}")
+
+
+def _end_batch_span(span: Span, future: Future[list[Outcome]]) -> None:
+    if future.cancelled():
+        tracing.failed(span, "cancelled")
+    elif (error := future.exception()) is not None:
+        tracing.failed(span, error)
+    else:
+        span.end()

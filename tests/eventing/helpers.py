@@ -42,6 +42,7 @@ class WorkerProcess:
     log_path: Path
     extra: list[str] = field(default_factory=list)
     model: str = "minilm"
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -53,7 +54,7 @@ class WorkerProcess:
         if self.predictor_url is not None:
             command += ["--predictor-url", self.predictor_url]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         return self
 
     def kill(self) -> None:
