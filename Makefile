@@ -33,6 +33,7 @@ bench: venv
 	HF_HUB_OFFLINE=1 $(PY) bench/embed_batching.py
 	HF_HUB_OFFLINE=1 $(PY) bench/generate_batching.py
 	HF_HUB_OFFLINE=1 $(PY) bench/cold_start.py
+	HF_HUB_OFFLINE=1 $(PY) bench/tracing.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

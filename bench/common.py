@@ -119,12 +119,13 @@ def scrape_metrics(url: str) -> dict[str, float]:
 
 
 @contextmanager
-def predictor(args: Sequence[str], log_name: str) -> Iterator[tuple[PredictorProcess, float]]:
+def predictor(args: Sequence[str], log_name: str,
+              env: dict[str, str] | None = None) -> Iterator[tuple[PredictorProcess, float]]:
     """A running predictor server and its seconds from process start to ready; stopped on exit."""
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{log_name}.log"
     log_path.unlink(missing_ok=True)
-    proc = PredictorProcess(list(args), model_name=MODEL_NAME, log_path=log_path).start()
+    proc = PredictorProcess(list(args), model_name=MODEL_NAME, log_path=log_path, env=dict(env or {})).start()
     try:
         yield proc, proc.wait_ready()
     finally:

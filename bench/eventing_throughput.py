@@ -259,14 +259,15 @@ def measure_once(label: str, bootstrap: str, count: int, start: Callable[[Topics
             "mean_result_bytes": reader.value_bytes / count, "cores": used}
 
 
-def worker_child(bootstrap: str, predictor_url: str, flags: list[str], label: str) -> Callable[[Topics], Child]:
+def worker_child(bootstrap: str, predictor_url: str, flags: list[str], label: str,
+                 env: Mapping[str, str] | None = None) -> Callable[[Topics], Child]:
     def start(topics: Topics) -> Child:
         command = [sys.executable, "-m", "eventing", "worker", "--bootstrap-servers", bootstrap,
                    "--input-topic", topics.requests, "--output-topic", topics.results, "--dlq-topic", topics.dlq,
                    "--group", topics.group, "--predictor-url", predictor_url, "--model", MODEL_NAME, *flags]
         log_path = LOGS / f"eventing-{label}.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
         def stop() -> None:
             if process.poll() is None:

@@ -188,7 +188,7 @@ def _meter_provider(env: Mapping[str, str], resource: Resource) -> metrics.Meter
         raise TelemetryConfigError(f"OTEL_METRIC_EXPORT_INTERVAL={raw!r}: expected milliseconds") from None
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms,
                                            export_timeout_millis=timeout * 1000)
-    return MeterProvider(resource=resource, metric_readers=[reader])
+    return MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
 
 
 def setup_telemetry(service_name: str, env: Mapping[str, str], *, set_global: bool = True) -> Telemetry:
@@ -197,7 +197,9 @@ def setup_telemetry(service_name: str, env: Mapping[str, str], *, set_global: bo
     Raises ``TelemetryConfigError`` naming the variable when a setting is unusable.
     """
     resource = Resource.create(resource_attributes(env, service_name))
-    provider = TracerProvider(resource=resource, sampler=sampler(env))
+    # No atexit shutdown: it would wait out the exporter's retries on a down collector after our
+    # bounded ``Telemetry.shutdown`` gave up (every main calls that one).
+    provider = TracerProvider(resource=resource, sampler=sampler(env), shutdown_on_exit=False)
     exporter = span_exporter(env)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m predictors: invalid {where}: {first['msg']}", file=sys.stderr)
         return 2
 
+    from observability.logs import LogConfig
     from observability.telemetry import setup_telemetry
     from predictors.loading import load_task
     from predictors.metrics import PredictorMetrics
@@ -98,21 +99,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    telemetry = setup_telemetry(f"kzero-predictor-{config.model_name}", dict(os.environ))
-    metrics = PredictorMetrics()
-    metrics.cold_start.labels("import").set(import_s)
+    try:  # a bad KZERO_LOG_* or OTEL_* value (TelemetryConfigError is a ValueError) names the variable
+        log_config = LogConfig.from_env(os.environ)
+        telemetry = setup_telemetry(f"kzero-predictor-{config.model_name}", dict(os.environ))
+    except ValueError as err:
+        print(f"python -m predictors: {err}", file=sys.stderr)
+        return 2
+    metrics = PredictorMetrics(meter=telemetry.meter("kzero.predictors"))
+    metrics.cold_start("import", import_s)
+    tracer = telemetry.tracer("kzero.predictors")
     model = BatchedModel(
         config.model_name,
         lambda: load_task(config),
         config.batcher,
         load_wait_s=config.load_wait_s,
         retry_after_s=config.retry_after_s,
-        tracer=telemetry.tracer("kzero.predictors"),
+        tracer=tracer,
         metrics=metrics,
     )
+    server = KzeroServer(model, metrics, predictor_routers(model, tracer), http_port=config.http_port,
+                         grpc_port=config.grpc_port, enable_grpc=config.enable_grpc, tracer=tracer,
+                         log_config=log_config)
     logging.getLogger(__name__).info("process start to imports done: %.2fs", import_s)
-    server = KzeroServer(model, metrics, predictor_routers(model), http_port=config.http_port,
-                         grpc_port=config.grpc_port, enable_grpc=config.enable_grpc)
     return serve(server, telemetry, "predictor")
 
 

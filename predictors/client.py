@@ -6,20 +6,31 @@ no trace context. Here every call is one attempt that classifies its failure as 
 INVALID_ARGUMENT, NOT_FOUND); ``predictors.retry`` decides what to do about it. Whatever the
 protocol, callers speak v1 bodies: ``{"instances": [...], "parameters": {...}}`` in,
 ``{"predictions": [...]}`` out.
+
+Every call is a CLIENT span whose context goes out as W3C headers (HTTP) or metadata (gRPC). Its
+parent is the current span, or else the trace context in the ``headers`` argument, so a caller with
+no span of its own (a worker holding only an event's ``traceparent``) still continues its trace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from observability import semconv
+from observability.propagation import extract, inject
 from predictors.errors import PredictorError
 
 Protocol_ = Literal["v1", "v2", "grpc-v2"]
-FORWARDED_HEADERS = ("traceparent", "tracestate", "baggage", "x-request-id")
+FORWARDED_HEADERS = ("x-request-id",)
+GRPC_SERVICE = "inference.GRPCInferenceService"
 
 
 class CallFailed(PredictorError):
@@ -52,10 +63,44 @@ class PredictorClient(Protocol):
 
 
 def forwarded(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """What goes on to the next hop besides the trace context, which the client span replaces."""
     if not headers:
         return {}
     lower = {k.lower(): v for k, v in headers.items()}
     return {k: lower[k] for k in FORWARDED_HEADERS if k in lower}
+
+
+@contextmanager
+def client_span(
+    tracer: trace.Tracer, name: str, attributes: Mapping[str, Any], headers: Mapping[str, str] | None
+) -> Iterator[tuple[trace.Span, dict[str, str]]]:
+    """A CLIENT span for one outgoing call and the headers to send with it (its trace context and
+    ``x-request-id``). A ``CallFailed`` or other error leaving the block marks the span failed."""
+    parent = None if trace.get_current_span().get_span_context().is_valid else extract(headers)
+    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.CLIENT, attributes=attributes,
+                                      record_exception=False, set_status_on_exception=False) as span:
+        try:
+            yield span, {**forwarded(headers), **inject()}
+        except BaseException as err:
+            span.set_attribute(semconv.ERROR_TYPE, error_type(err))
+            span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+            raise
+
+
+def error_type(err: BaseException) -> str:
+    """``error.type``: the status a call failed with, else the class of what broke it."""
+    status = getattr(err, "status", None)
+    if isinstance(status, int | str) and status not in ("timeout", "unreachable"):
+        return str(status)
+    cause = err.__cause__ or err
+    return f"{type(cause).__module__}.{type(cause).__qualname__}"
+
+
+def http_attributes(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {semconv.HTTP_METHOD: "POST", semconv.URL_FULL: url, semconv.SERVER_ADDRESS: parts.hostname or "",
+            semconv.SERVER_PORT: port}
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -74,24 +119,32 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class _HttpClient:
-    def __init__(self, base_url: str, timeout_s: float) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, base_url: str, timeout_s: float, tracer: trace.Tracer | None = None) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=timeout_s)
+        self._tracer = tracer or trace.get_tracer(__name__)
 
-    async def _post(self, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> dict:
-        try:
-            response = await self._http.post(path, json=body, headers=forwarded(headers))
-        except httpx.TimeoutException as err:
-            raise TransientCallError(f"predictor timed out: {err!r}", status="timeout") from err
-        except httpx.TransportError as err:
-            raise TransientCallError(f"predictor unreachable: {err!r}", status="unreachable") from err
-        status = response.status_code
-        if status == 200:
-            return response.json()
-        message = f"predictor answered {status}: {_error_text(response)}"
-        if status in (408, 429) or status >= 500:
-            retry_after = _retry_after(response.headers.get("retry-after"))
-            raise TransientCallError(message, status=status, retry_after_s=retry_after)
-        raise PermanentCallError(message, status=status)
+    async def _post(self, route: str, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> dict:
+        """POST ``body`` to ``route`` (a template with ``{model_name}``) for ``model``."""
+        path = route.format(model_name=model)
+        with client_span(self._tracer, f"POST {route}", http_attributes(self._base_url + path), headers) as (
+            span, outgoing
+        ):
+            try:
+                response = await self._http.post(path, json=body, headers=outgoing)
+            except httpx.TimeoutException as err:
+                raise TransientCallError(f"predictor timed out: {err!r}", status="timeout") from err
+            except httpx.TransportError as err:
+                raise TransientCallError(f"predictor unreachable: {err!r}", status="unreachable") from err
+            status = response.status_code
+            span.set_attribute(semconv.HTTP_STATUS, status)
+            if status == 200:
+                return response.json()
+            message = f"predictor answered {status}: {_error_text(response)}"
+            if status in (408, 429) or status >= 500:
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                raise TransientCallError(message, status=status, retry_after_s=retry_after)
+            raise PermanentCallError(message, status=status)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -99,7 +152,7 @@ class _HttpClient:
 
 class V1Client(_HttpClient):
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
-        return await self._post(f"/v1/models/{model}:predict", body, headers)
+        return await self._post("/v1/models/{model_name}:predict", model, body, headers)
 
 
 def v1_to_texts(body: Mapping[str, Any]) -> list[str]:
@@ -130,7 +183,7 @@ class V2Client(_HttpClient):
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
             "parameters": dict(body.get("parameters") or {}),
         }
-        response = await self._post(f"/v2/models/{model}/infer", request, headers)
+        response = await self._post("/v2/models/{model_name}/infer", model, request, headers)
         outputs = [(o["name"], np.asarray(o["data"]).reshape(o["shape"])) for o in response.get("outputs", [])]
         return {"predictions": v2_outputs_to_predictions(outputs)}
 
@@ -138,13 +191,21 @@ class V2Client(_HttpClient):
 class GrpcV2Client:
     _TRANSIENT = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL", "UNKNOWN")
 
-    def __init__(self, target: str, timeout_s: float) -> None:
+    def __init__(self, target: str, timeout_s: float, tracer: trace.Tracer | None = None) -> None:
         import grpc
         from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._timeout_s = timeout_s
+        self._tracer = tracer or trace.get_tracer(__name__)
+        host, _, port = target.rpartition(":")
+        self._attributes: dict[str, Any] = {
+            semconv.RPC_SYSTEM: "grpc", semconv.RPC_SERVICE: GRPC_SERVICE, semconv.RPC_METHOD: "ModelInfer",
+            semconv.SERVER_ADDRESS: host.strip("[]") or target,
+        }
+        if port.isdigit():
+            self._attributes[semconv.SERVER_PORT] = int(port)
 
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         import grpc
@@ -156,18 +217,20 @@ class GrpcV2Client:
             contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in texts]))])
         for name, value in (body.get("parameters") or {}).items():
             request.parameters[name].CopyFrom(_grpc_parameter(name, value))
-        try:
-            response = await self._stub.ModelInfer(
-                request, timeout=self._timeout_s, metadata=tuple(forwarded(headers).items())
-            )
-        except grpc.aio.AioRpcError as err:
-            code = err.code().name
-            message = f"predictor answered {code}: {err.details()}"
-            if code in self._TRANSIENT:
-                trailers = dict(err.trailing_metadata() or ())
-                retry_after = _retry_after(trailers.get("retry-after"))
-                raise TransientCallError(message, status=code, retry_after_s=retry_after) from err
-            raise PermanentCallError(message, status=code) from err
+        with client_span(self._tracer, f"{GRPC_SERVICE}/ModelInfer", self._attributes, headers) as (span, outgoing):
+            try:
+                response = await self._stub.ModelInfer(request, timeout=self._timeout_s,
+                                                       metadata=tuple(outgoing.items()))
+            except grpc.aio.AioRpcError as err:
+                span.set_attribute(semconv.RPC_GRPC_STATUS, err.code().value[0])
+                code = err.code().name
+                message = f"predictor answered {code}: {err.details()}"
+                if code in self._TRANSIENT:
+                    trailers = dict(err.trailing_metadata() or ())
+                    retry_after = _retry_after(trailers.get("retry-after"))
+                    raise TransientCallError(message, status=code, retry_after_s=retry_after) from err
+                raise PermanentCallError(message, status=code) from err
+            span.set_attribute(semconv.RPC_GRPC_STATUS, grpc.StatusCode.OK.value[0])
         from kserve.protocol.infer_type import InferResponse
 
         decoded = InferResponse.from_grpc(response)
@@ -189,12 +252,14 @@ def _grpc_parameter(name: str, value: Any) -> Any:
     raise PermanentCallError(f"parameters.{name}: gRPC v2 parameters must be scalars", status=400)
 
 
-def make_client(protocol: Protocol_, target: str, timeout_s: float = 60.0) -> PredictorClient:
+def make_client(
+    protocol: Protocol_, target: str, timeout_s: float = 60.0, tracer: trace.Tracer | None = None
+) -> PredictorClient:
     """``target`` is a base URL for v1/v2 (``http://host:8080``) and ``host:port`` for gRPC."""
     if protocol == "v1":
-        return V1Client(target, timeout_s)
+        return V1Client(target, timeout_s, tracer)
     if protocol == "v2":
-        return V2Client(target, timeout_s)
+        return V2Client(target, timeout_s, tracer)
     if protocol == "grpc-v2":
-        return GrpcV2Client(target.removeprefix("grpc://"), timeout_s)
+        return GrpcV2Client(target.removeprefix("grpc://"), timeout_s, tracer)
     raise ValueError(f"protocol {protocol!r}: expected v1, v2 or grpc-v2")

@@ -4,6 +4,9 @@ KServe decodes CloudEvents itself but requires ``time``, which the spec makes op
 often leaves out, and knows no batches. Here binary, structured and batch requests are answered
 in their own mode with ``dev.kzero.inference.result`` events (never a request type, so a Trigger
 filtering on the request type does not loop); every other request goes on to KServe's v1 handler.
+
+An event that carries its own trace context (the distributed-tracing extension) is processed in
+that trace, in a span linked to the HTTP request's; otherwise the HTTP request's span is the parent.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
 
 from eventing.errors import MalformedEvent
 from eventing.events import TRACE_CONTEXT, Event, error_event, from_structured_dict, result_event, validate_request
 from eventing.http_binding import BATCH_CONTENT_TYPE, events_from_http, http_reply, is_cloudevent
 from eventing.processing import INVALID_EVENT, REJECTED, UNAVAILABLE
+from observability import semconv
+from observability.propagation import extract
 from predictors.errors import InvalidInput, ModelNotFound, PredictorError
 
 if TYPE_CHECKING:
@@ -59,9 +66,27 @@ async def answer(
     return http_reply([result_event(event, response, source=source)], mode)
 
 
-def cloudevents_router(model: BatchedModel, fallback: V1Handler) -> APIRouter:
+def in_event_trace(predict: Predict, tracer: trace.Tracer, model_name: str) -> Predict:
+    """``predict`` in the trace its event carries, when that is not the HTTP request's own trace."""
+
+    async def traced(body: dict[str, Any], trace_headers: dict[str, str]) -> Any:
+        event_span = trace.get_current_span(extract(trace_headers)).get_span_context()
+        current = trace.get_current_span().get_span_context()
+        if not event_span.is_valid or event_span.trace_id == current.trace_id:
+            return await predict(body, trace_headers)
+        links = [Link(current)] if current.is_valid else []
+        with tracer.start_as_current_span(f"process {model_name}", context=extract(trace_headers),
+                                          kind=SpanKind.CONSUMER, links=links,
+                                          attributes={semconv.MESSAGING_OPERATION_TYPE: "process"}):
+            return await predict(body, trace_headers)
+
+    return traced
+
+
+def cloudevents_router(model: BatchedModel, fallback: V1Handler, tracer: trace.Tracer | None = None) -> APIRouter:
     """The v1 predict route answering CloudEvents; registered before KServe's, which gets the rest."""
     router = APIRouter()
+    predict_in_event_trace = in_event_trace(model.predict, tracer or trace.get_tracer(__name__), model.name)
 
     @router.post(PREDICT_PATH, response_model=None)
     async def predict(model_name: str, request: Request) -> Response | dict[str, Any]:
@@ -69,7 +94,7 @@ def cloudevents_router(model: BatchedModel, fallback: V1Handler) -> APIRouter:
             return await fallback(model_name, request)
         if model_name != model.name:
             raise ModelNotFound(model_name, [model.name])
-        headers, body = await answer(model.predict, request.headers, await request.body(),
+        headers, body = await answer(predict_in_event_trace, request.headers, await request.body(),
                                      source=event_source(model_name))
         return Response(content=body, headers=headers)
 

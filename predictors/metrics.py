@@ -1,46 +1,74 @@
-"""Prometheus metrics of a predictor server, served on ``/metrics`` with KServe's own."""
+"""Metrics of a predictor or transformer server: Prometheus on ``/metrics`` (with KServe's own) and
+the same measurements over OTLP when a meter is passed in."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from opentelemetry import metrics
+from prometheus_client import REGISTRY, CollectorRegistry
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+from observability.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, DualCounter, DualGauge, DualHistogram
+
+TOKEN_RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class PredictorMetrics:
-    """Created once in ``main``; tests pass their own registry."""
+    """Created once in ``main``; tests pass their own registry (and meter)."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.requests = Counter(
-            "kzero_requests_total", "Requests by route, method and status code", ["route", "method", "code"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "kzero_request_duration_seconds", "Request latency by route", ["route", "method"],
-            buckets=_LATENCY_BUCKETS, registry=registry,
-        )
-        self.batch_size = Histogram(
-            "kzero_batch_size", "Items per forward pass", ["model"], buckets=_BATCH_BUCKETS, registry=registry
-        )
-        self.queue_wait = Histogram(
-            "kzero_queue_wait_seconds", "Time an item waited before its batch ran", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=registry,
-        )
-        self.queue_depth = Gauge("kzero_queue_depth", "Items waiting for a batch", ["model"], registry=registry)
-        self.model_ready = Gauge("kzero_model_ready", "1 when the model is loaded and warmed up", ["model"],
-                                 registry=registry)
-        self.cold_start = Gauge(
-            "kzero_cold_start_seconds", "Seconds spent in each start-up phase", ["phase"], registry=registry
-        )
-        self.generated_tokens = Counter(
-            "kzero_generated_tokens_total", "Completion tokens generated", ["model"], registry=registry
-        )
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY, meter: metrics.Meter | None = None) -> None:
+        meter = meter or metrics.NoOpMeter("kzero.predictors")
+        self._requests = DualCounter(
+            meter, registry, "kzero_requests_total", "Requests by route, method and status code",
+            ["route", "method", "code"], unit="{request}")
+        self._latency = DualHistogram(
+            meter, registry, "kzero_request_duration_seconds", "Request latency by route", ["route", "method"],
+            LATENCY_BUCKETS, unit="s")
+        self._batch_size = DualHistogram(
+            meter, registry, "kzero_batch_size", "Items per forward pass", ["model"], BATCH_BUCKETS, unit="{item}")
+        self._queue_wait = DualHistogram(
+            meter, registry, "kzero_queue_wait_seconds", "Time an item waited before its batch ran", ["model"],
+            LATENCY_BUCKETS, unit="s")
+        self._queue_depth = DualGauge(
+            meter, registry, "kzero_queue_depth", "Items waiting for a batch", ["model"], unit="{item}")
+        self._model_ready = DualGauge(
+            meter, registry, "kzero_model_ready", "1 when the model is loaded and warmed up", ["model"])
+        self._cold_start = DualGauge(
+            meter, registry, "kzero_cold_start_seconds", "Seconds spent in each start-up phase", ["phase"], unit="s")
+        self._generated_tokens = DualCounter(
+            meter, registry, "kzero_generated_tokens_total", "Completion tokens generated", ["model"],
+            unit="{token}")
+        self._tokens_per_second = DualHistogram(
+            meter, registry, "kzero_generation_tokens_per_second", "Completion tokens per second of each batch",
+            ["model"], TOKEN_RATE_BUCKETS, unit="{token}/s")
+        self._client_retries = DualCounter(
+            meter, registry, "kzero_client_retries_total", "Calls to a predictor retried, by its model", ["model"],
+            unit="{retry}")
+
+    def request(self, route: str, method: str, code: int, seconds: float) -> None:
+        self._requests.add(1, route, method, str(code))
+        self._latency.record(seconds, route, method)
 
     def observe_batch(self, model: str, size: int, waits: Sequence[float]) -> None:
-        self.batch_size.labels(model).observe(size)
-        wait = self.queue_wait.labels(model)
-        for seconds in waits:
-            wait.observe(seconds)
+        self._batch_size.record(size, model)
+        self._queue_wait.record_many(waits, model)
+
+    def generated(self, model: str, tokens: int, seconds: float) -> None:
+        """``tokens`` completion tokens produced by one batch that took ``seconds``."""
+        if tokens <= 0:
+            return
+        self._generated_tokens.add(tokens, model)
+        if seconds > 0:
+            self._tokens_per_second.record(tokens / seconds, model)
+
+    def watch_queue(self, model: str, depth: Callable[[], int]) -> None:
+        self._queue_depth.watch(lambda: [((model,), float(depth()))])
+
+    def model_ready(self, model: str, ready: bool) -> None:
+        self._model_ready.set(1.0 if ready else 0.0, model)
+
+    def cold_start(self, phase: str, seconds: float) -> None:
+        self._cold_start.set(seconds, phase)
+
+    def retried(self, model: str) -> None:
+        self._client_retries.add(1, model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,15 +18,18 @@ from typing import Any
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry import trace
+from opentelemetry.trace import Link
 
+from observability import semconv
+from observability.propagation import extract
 from predictors.batcher import Batcher, BatcherClosed, BatcherConfig, QueueFull
 from predictors.errors import InvalidInput, NotReady, Overloaded, PredictorError, Unavailable
 from predictors.loading import LoadReport
 from predictors.metrics import PredictorMetrics
 from predictors.readiness import LoadGate
 from predictors.tasks import TaskAdapter
+from predictors.tasks.embed import EmbedTask
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,12 @@ Loader = Callable[[], tuple[TaskAdapter[Any, Any], LoadReport]]
 
 @dataclass(frozen=True)
 class Work:
-    """One item in the batcher, with the span of the request it belongs to."""
+    """One item in the batcher, with the span of the request it belongs to (its batch links to it
+    and writes the queue wait and batch size there) and when it was submitted (monotonic seconds)."""
 
     item: Any
-    span_context: trace.SpanContext
+    span: trace.Span
+    submitted: float
 
 
 class InferenceFailed(PredictorError, RuntimeError):
@@ -68,8 +74,8 @@ class BatchedModel(Model):
         self._task: TaskAdapter[Any, Any] | None = None
         self._batcher: Batcher[Work, Any] | None = None
         self.report: LoadReport | None = None
-        metrics.model_ready.labels(name).set(0)
-        metrics.queue_depth.labels(name).set_function(lambda: self.queue_depth)
+        metrics.model_ready(name, False)
+        metrics.watch_queue(name, lambda: self.queue_depth)
 
     @property
     def task(self) -> TaskAdapter[Any, Any]:
@@ -100,9 +106,9 @@ class BatchedModel(Model):
             observer=lambda size, waits: self._metrics.observe_batch(self.name, size, waits),
         )
         for phase, seconds in self.report.phases.items():
-            self._metrics.cold_start.labels(phase).set(seconds)
+            self._metrics.cold_start(phase, seconds)
         self.ready = True
-        self._metrics.model_ready.labels(self.name).set(1)
+        self._metrics.model_ready(self.name, True)
         self._gate.open()
         return self.report
 
@@ -133,7 +139,8 @@ class BatchedModel(Model):
                 payload = json.loads(payload)
             except ValueError as err:
                 raise InvalidInput("body", f"not valid JSON: {err}") from err
-        return task.to_v1(await self.infer_items(task.from_v1(payload), headers))
+        chat = any(isinstance(i, Mapping) and "messages" in i for i in _instances(payload))
+        return task.to_v1(await self.infer_items(task.from_v1(payload), headers, "chat" if chat else None))
 
     def check_capacity(self, items: int) -> None:
         """Shed a request whose items do not all fit in the queue, before any of them is queued."""
@@ -141,18 +148,34 @@ class BatchedModel(Model):
         if items > self._batcher_config.max_queue - depth:
             raise Overloaded(f"model {self.name} is overloaded: {depth} requests queued", self._retry_after_s)
 
-    async def infer_items(self, items: Sequence[Any], headers: Mapping[str, str] | None) -> list[Any]:
-        """Run ``items`` of one request through the batcher; the first failure fails the request."""
+    def operation(self, requested: str | None = None) -> str:
+        """``gen_ai.operation.name`` of a request: what the route says, else what the task does."""
+        if requested is not None:
+            return requested
+        return "embeddings" if isinstance(self._task, EmbedTask) else "text_completion"
+
+    async def infer_items(
+        self, items: Sequence[Any], headers: Mapping[str, str] | None, operation: str | None = None
+    ) -> list[Any]:
+        """Run ``items`` of one request through the batcher; the first failure fails the request.
+
+        The request's span is a child of the current (server) span, or else of the trace context in
+        ``headers`` when the model is called with no span around it.
+        """
         await self.wait_ready()
         self.check_capacity(len(items))
         assert self._batcher is not None
-        parent = None if trace.get_current_span().get_span_context().is_valid else propagate.extract(headers or {})
-        with self._tracer.start_as_current_span(
-            f"infer {self.name}", context=parent, kind=SpanKind.SERVER,
-            attributes={"kzero.model": self.name, "kzero.items": len(items)},
-        ) as span:
-            work = [Work(item, span.get_span_context()) for item in items]
+        parent = None if trace.get_current_span().get_span_context().is_valid else extract(headers)
+        attributes = {semconv.KZERO_MODEL: self.name, semconv.KZERO_ITEMS: len(items),
+                      semconv.GEN_AI_REQUEST_MODEL: self.name, semconv.GEN_AI_OPERATION: self.operation(operation)}
+        with self._tracer.start_as_current_span(f"infer {self.name}", context=parent, attributes=attributes) as span:
+            submitted = time.monotonic()
+            work = [Work(item, span, submitted) for item in items]
             results = await asyncio.gather(*(self._batcher.submit(w) for w in work), return_exceptions=True)
+            usage = [r for r in results if hasattr(r, "completion_tokens")]
+            if usage:
+                span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, sum(getattr(r, "prompt_tokens", 0) for r in usage))
+                span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, sum(r.completion_tokens for r in usage))
         for result in results:
             if isinstance(result, BaseException):
                 raise self._translate(result)
@@ -169,18 +192,29 @@ class BatchedModel(Model):
         return InferenceFailed(f"inference failed: {type(err).__name__}: {err}")
 
     async def _run_batch(self, works: Sequence[Work]) -> Sequence[Any]:
-        links = [Link(w.span_context) for w in works if w.span_context.is_valid]
+        started = time.monotonic()
+        for work in works:  # a request split over batches keeps the values of its last one
+            work.span.set_attribute(semconv.KZERO_QUEUE_WAIT_MS, round((started - work.submitted) * 1000, 3))
+            work.span.set_attribute(semconv.KZERO_BATCH_SIZE, len(works))
+        contexts = {id(w.span): w.span.get_span_context() for w in works}  # one link per request
+        links = [Link(c) for c in contexts.values() if c.is_valid]
         loop = asyncio.get_running_loop()
         engine = self.task.engine
+        attributes = {semconv.KZERO_BATCH_SIZE: len(works), semconv.GEN_AI_REQUEST_MODEL: self.name,
+                      semconv.GEN_AI_OPERATION: self.operation()}
         token = otel_context.attach(otel_context.Context())  # a batch is a root linked to its requests
         try:
-            with self._tracer.start_as_current_span(
-                f"batch {self.name}", links=links, attributes={"kzero.batch_size": len(works)}
-            ):
+            with self._tracer.start_as_current_span(f"batch {self.name}", links=links, attributes=attributes) as span:
                 outputs = await loop.run_in_executor(self._executor, engine.run_batch, [w.item for w in works])
+                tokens = sum(getattr(out, "completion_tokens", 0) for out in outputs)
+                if tokens:
+                    span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, tokens)
         finally:
             otel_context.detach(token)
-        tokens = sum(getattr(out, "completion_tokens", 0) for out in outputs)
-        if tokens:
-            self._metrics.generated_tokens.labels(self.name).inc(tokens)
+        self._metrics.generated(self.name, tokens, time.monotonic() - started)
         return outputs
+
+
+def _instances(payload: Any) -> list[Any]:
+    instances = payload.get("instances") if isinstance(payload, Mapping) else None
+    return instances if isinstance(instances, list) else []

@@ -176,7 +176,7 @@ def openai_router(model: BatchedModel) -> APIRouter:
         if body.dimensions not in (None, task.engine.dimension):
             raise InvalidInput("dimensions", f"this model only produces {task.engine.dimension} dimensions")
         texts = task.check_texts(texts, "input")
-        vectors = await model.infer_items(texts, dict(request.headers))
+        vectors = await model.infer_items(texts, dict(request.headers), "embeddings")
         tokens = sum(task.engine.count_tokens(texts))
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
@@ -206,13 +206,14 @@ def openai_router(model: BatchedModel) -> APIRouter:
             if len(prompts) != 1:
                 raise InvalidInput("prompt", "streaming takes a single prompt")
             return _stream(
-                model, lambda sink: task.request(ids[0], params, fields[0], sink), request,
+                model, lambda sink: task.request(ids[0], params, fields[0], sink), request, "text_completion",
                 opening=None, piece=lambda text: chunk(text, None),
                 closing=lambda r: chunk("", r.finish_reason),
                 usage_chunk=_usage_chunk(body, reply_id, created, model.name, "text_completion"),
             )
         results = await model.infer_items(
-            [task.request(i, params, f) for i, f in zip(ids, fields, strict=True)], dict(request.headers)
+            [task.request(i, params, f) for i, f in zip(ids, fields, strict=True)], dict(request.headers),
+            "text_completion",
         )
         reply = chunk("", None)
         reply["choices"] = [chunk(r.text, r.finish_reason, n)["choices"][0] for n, r in enumerate(results)]
@@ -234,13 +235,13 @@ def openai_router(model: BatchedModel) -> APIRouter:
 
         if body.stream:
             return _stream(
-                model, lambda sink: task.request(ids, params, "messages", sink), request,
+                model, lambda sink: task.request(ids, params, "messages", sink), request, "chat",
                 opening=chunk({"role": "assistant", "content": ""}, None),
                 piece=lambda text: chunk({"content": text}, None),
                 closing=lambda r: chunk({}, r.finish_reason),
                 usage_chunk=_usage_chunk(body, reply_id, created, model.name, "chat.completion.chunk"),
             )
-        [result] = await model.infer_items([task.request(ids, params, "messages")], dict(request.headers))
+        [result] = await model.infer_items([task.request(ids, params, "messages")], dict(request.headers), "chat")
         message = {"role": "assistant", "content": result.text}
         return JSONResponse({
             "id": reply_id, "object": "chat.completion", "created": created, "model": model.name,
@@ -270,18 +271,22 @@ def _stream(
     model: BatchedModel,
     build: Callable[[TextSink], GenerationRequest],
     request: Request,
+    operation: str,
     *,
     opening: dict[str, Any] | None,
     piece: Callable[[str], dict[str, Any]],
     closing: Callable[[GenerationResult], dict[str, Any]],
     usage_chunk: Callable[[GenerationResult], dict[str, Any]] | None,
 ) -> StreamingResponse:
-    """Stream one generation as SSE; validation and load shedding happen before the first byte."""
+    """Stream one generation as SSE; validation and load shedding happen before the first byte.
+
+    The request's span (and the server span around it) ends with the stream, not with the headers.
+    """
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
     item = build(lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
     model.check_capacity(1)
-    job = asyncio.ensure_future(model.infer_items([item], dict(request.headers)))
+    job = asyncio.ensure_future(model.infer_items([item], dict(request.headers), operation))
     # Pieces are queued from the model thread before its batch returns, so the end marker comes last.
     job.add_done_callback(lambda _: pieces.put_nowait(None))
 

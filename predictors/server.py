@@ -31,7 +31,9 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v1_endpoints import V1Endpoints
+from opentelemetry import trace
 
+from observability.logs import LogConfig, setup_logging
 from observability.telemetry import Telemetry
 from predictors.cloudevents_http import cloudevents_router
 from predictors.errors import InvalidInput, NotFound, Overloaded, PredictorError, Unavailable
@@ -39,11 +41,13 @@ from predictors.metrics import PredictorMetrics
 from predictors.model import BatchedModel
 from predictors.openai_api import openai_router
 from predictors.readiness import ServedModel
+from predictors.server_spans import GrpcServerSpans, HttpServerSpans, is_inference
 from predictors.validation import field_path
 
 log = logging.getLogger(__name__)
 
-_INFERENCE_PREFIXES = ("/v1/models/", "/v2/models/", "/openai/v1/")
+# Loggers that KServe and uvicorn configure with handlers of their own; ours format them alike.
+ADOPTED_LOGGERS = ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def http_status(err: PredictorError) -> int:
@@ -96,12 +100,17 @@ class PredictorErrorsInterceptor(ExceptionToStatusInterceptor):
 
 
 class PredictorGRPCServer(GRPCServer):
-    """KServe's gRPC server with kzero's error mapping in place of KServe's."""
+    """KServe's gRPC server with kzero's error mapping in place of KServe's, and a span per call."""
+
+    def __init__(self, *args: Any, tracer: trace.Tracer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tracer = tracer
 
     async def start(self, max_workers: int) -> None:
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(PredictorErrorsInterceptor(),),
+            # The span interceptor is outermost: it sees the status the error mapping aborted with.
+            interceptors=(GrpcServerSpans(self._tracer), PredictorErrorsInterceptor()),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                 ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
@@ -118,7 +127,9 @@ class PredictorGRPCServer(GRPCServer):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def install_http(app: FastAPI, model: ServedModel, metrics: PredictorMetrics, routers: list[APIRouter]) -> None:
+def install_http(
+    app: FastAPI, model: ServedModel, metrics: PredictorMetrics, routers: list[APIRouter], tracer: trace.Tracer
+) -> None:
     """Routes, error handlers and middleware added to KServe's app before it starts.
 
     Routes added here come before KServe's and so win for the same path (e.g. CloudEvents on the
@@ -147,15 +158,21 @@ def install_http(app: FastAPI, model: ServedModel, metrics: PredictorMetrics, ro
     async def readiness_and_metrics(request: Request, call_next: Handler) -> Response:
         started = time.perf_counter()
         response = await _gate(request) or await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.requests.labels(template, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(template, request.method).observe(time.perf_counter() - started)
+        template = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.request(template, request.method, response.status_code, time.perf_counter() - started)
         return response
+
+    # Added last, so outermost: the span covers the load wait, the handler and the whole body.
+    app.add_middleware(HttpServerSpans, tracer=tracer)
+    # FastAPI's native tracing (0.13x+) would make a second SERVER span for the same request, and one
+    # for every probe and scrape; KServe builds the app, so only its config dict can turn it off.
+    native = getattr(app, "_telemetry", None)
+    if isinstance(native, dict):
+        native["tracing"] = False
 
     async def _gate(request: Request) -> Response | None:
         """Hold inference requests while the model loads; 503 + Retry-After past the deadline."""
-        if model.ready or request.method != "POST" or not request.url.path.startswith(_INFERENCE_PREFIXES):
+        if model.ready or not is_inference(request.method, request.url.path):
             return None
         try:
             await model.wait_ready()
@@ -167,8 +184,8 @@ def install_http(app: FastAPI, model: ServedModel, metrics: PredictorMetrics, ro
 RoutersFor = Callable[[DataPlane], list[APIRouter]]
 
 
-def predictor_routers(model: BatchedModel) -> RoutersFor:
-    return lambda dataplane: [openai_router(model), cloudevents_router(model, V1Endpoints(dataplane).predict)]
+def predictor_routers(model: BatchedModel, tracer: trace.Tracer | None = None) -> RoutersFor:
+    return lambda dataplane: [openai_router(model), cloudevents_router(model, V1Endpoints(dataplane).predict, tracer)]
 
 
 class KzeroServer(ModelServer):
@@ -176,7 +193,8 @@ class KzeroServer(ModelServer):
 
     def __init__(
         self, model: ServedModel, metrics: PredictorMetrics, routers: RoutersFor, *,
-        http_port: int, grpc_port: int, enable_grpc: bool = True,
+        http_port: int, grpc_port: int, enable_grpc: bool = True, tracer: trace.Tracer | None = None,
+        log_config: LogConfig | None = None,
     ) -> None:
         super().__init__(
             http_port=http_port,
@@ -190,14 +208,17 @@ class KzeroServer(ModelServer):
         self.model = model
         self.metrics = metrics
         self._routers = routers
-        # KServe configures its loggers in ModelServer.__init__; quieten them only now.
+        self._tracer = tracer or trace.get_tracer(__name__)
+        # KServe configures its loggers in ModelServer.__init__; adopt and quieten them only now.
+        if log_config is not None:
+            setup_logging(log_config, adopt=ADOPTED_LOGGERS)
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # two lines per request
         logging.getLogger("kserve").addFilter(_drop_not_ready_tracebacks)
 
     def start(self, models: list[Any] | None = None) -> None:
         from kserve.model_server import app
 
-        install_http(app, self.model, self.metrics, self._routers(self.dataplane))
+        install_http(app, self.model, self.metrics, self._routers(self.dataplane), self._tracer)
         self.register_model(self.model)  # type: ignore[arg-type]
         self.servers.append(self.model.load_in_background())
         self._rest_server = RESTServer(
@@ -216,6 +237,7 @@ class KzeroServer(ModelServer):
                 self.model_repository_extension,
                 kwargs={"grpc_max_send_message_length": 64 << 20, "grpc_max_receive_message_length": 64 << 20},
                 grace_period=self.grace_period,
+                tracer=self._tracer,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()

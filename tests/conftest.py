@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from predictors.launch import PredictorProcess
 from tests.kafka_fixture import kafka_bootstrap  # noqa: F401
 from tests.otlp_receiver import OtlpReceiver
+from tests.transformers_pre.conftest import seed, transformer_process
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,10 +37,11 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_predictor(
-    tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str], *, ready: bool = True
+    tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str], *, ready: bool = True,
+    env: dict[str, str] | None = None,
 ) -> PredictorProcess:
     log = tmp_path_factory.mktemp("logs") / f"{name}.log"
-    server = PredictorProcess(args, model_name=name, log_path=log).start()
+    server = PredictorProcess(args, model_name=name, log_path=log, env=env or {}).start()
     try:
         server.wait_ready() if ready else server.wait_live()
     except Exception:
@@ -48,19 +51,22 @@ def start_predictor(
 
 
 @pytest.fixture(scope="session")
-def embed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PredictorProcess]:
+def embed_server(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver) -> Iterator[PredictorProcess]:
+    """Exports its traces and metrics to the session's receiver, as every session server does."""
     args = ["--task", "embed", "--model_id", "all-minilm-l6-v2", "--max_batch_size", "64",
             "--max_batch_latency_ms", "20"]
-    server = start_predictor(tmp_path_factory, "minilm", args)
+    server = start_predictor(tmp_path_factory, "minilm", args, env=otlp_receiver.env())
     yield server
     assert server.stop() == 0
 
 
 @pytest.fixture(scope="session")
-def generate_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[PredictorProcess]:
+def generate_server(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, otlp_receiver: OtlpReceiver
+) -> Iterator[PredictorProcess]:
     args = ["--task", "generate", "--model_id", "smollm2-135m-instruct", "--cache_dir", str(model_cache),
             "--max_batch_size", "16", "--max_batch_latency_ms", "20", "--max_new_tokens", "128"]
-    server = start_predictor(tmp_path_factory, "smol", args)
+    server = start_predictor(tmp_path_factory, "smol", args, env=otlp_receiver.env())
     yield server
     assert server.stop() == 0
 
@@ -70,3 +76,27 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
     """One real OTLP receiver (gRPC + HTTP) for the session; tests filter by service or trace id."""
     with OtlpReceiver() as receiver:
         yield receiver
+
+
+@pytest.fixture(scope="session")
+def rag_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Milvus Lite file with the test corpus (closed again: Milvus Lite allows one process per file)."""
+    db = tmp_path_factory.mktemp("milvus") / "rag.db"
+    asyncio.run(seed(db))
+    return db
+
+
+@pytest.fixture(scope="session")
+def rag_server(
+    tmp_path_factory: pytest.TempPathFactory, rag_db: Path, generate_server: PredictorProcess,
+    embed_server: PredictorProcess, otlp_receiver: OtlpReceiver,
+) -> Iterator[PredictorProcess]:
+    """Between the session's embed and generate predictors, so one request crosses every hop."""
+    embedder = f"{embed_server.url}#{embed_server.model_name}"
+    server = transformer_process(tmp_path_factory, rag_db, f"127.0.0.1:{generate_server.http_port}",
+                                 "--embedder", embedder, env=otlp_receiver.env())
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        assert server.stop() == 0

@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest.v1_endpoints import V1Endpoints
 
+    from observability.logs import LogConfig
     from observability.telemetry import setup_telemetry
     from predictors.cloudevents_http import cloudevents_router
     from predictors.metrics import PredictorMetrics
@@ -73,14 +74,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers_pre.model import RagModel
     from transformers_pre.openai_api import rag_openai_router
 
-    telemetry = setup_telemetry(f"kzero-transformer-{config.model_name}", dict(os.environ))
-    model = RagModel(config, lambda: build_deps(config), telemetry.tracer("kzero.transformers_pre"))
+    try:  # a bad KZERO_LOG_* or OTEL_* value (TelemetryConfigError is a ValueError) names the variable
+        log_config = LogConfig.from_env(os.environ)
+        telemetry = setup_telemetry(f"kzero-transformer-{config.model_name}", dict(os.environ))
+    except ValueError as err:
+        print(f"python -m transformers_pre: {err}", file=sys.stderr)
+        return 2
+    tracer = telemetry.tracer("kzero.transformers_pre")
+    metrics = PredictorMetrics(meter=telemetry.meter("kzero.transformers_pre"))
+    model = RagModel(config, lambda: build_deps(config, tracer, metrics), tracer)
 
     def routers(dataplane: DataPlane) -> list[APIRouter]:
-        return [rag_openai_router(model), cloudevents_router(model, V1Endpoints(dataplane).predict)]
+        return [rag_openai_router(model, tracer), cloudevents_router(model, V1Endpoints(dataplane).predict, tracer)]
 
-    server = KzeroServer(model, PredictorMetrics(), routers, http_port=config.http_port,
-                         grpc_port=config.grpc_port, enable_grpc=config.enable_grpc)
+    server = KzeroServer(model, metrics, routers, http_port=config.http_port, grpc_port=config.grpc_port,
+                         enable_grpc=config.enable_grpc, tracer=tracer, log_config=log_config)
     return serve(server, telemetry, "transformer")
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from opentelemetry import trace
 
+from observability import semconv
 from transformers_pre.config import ChainConfig
 from transformers_pre.context import RagContext
 from transformers_pre.steps import ChainDeps, Step, build_step
@@ -20,7 +21,7 @@ class Chain:
     async def run(self, ctx: RagContext) -> RagContext:
         for step in self.steps:
             started = time.perf_counter()
-            with self._tracer.start_as_current_span(f"rag.{step.name}"):
+            with self._tracer.start_as_current_span(f"rag.{step.name}", attributes={semconv.KZERO_STEP: step.name}):
                 await step(ctx)
             ctx.timings_ms[step.name] = (time.perf_counter() - started) * 1000
         return ctx

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
+
 from predictors.client import make_client
+from predictors.metrics import PredictorMetrics
 from transformers_pre.config import TransformerConfig
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.steps import ChainDeps
 from transformers_pre.store import VectorStore
 
 
-async def build_deps(config: TransformerConfig) -> ChainDeps:
+async def build_deps(config: TransformerConfig, tracer: trace.Tracer, metrics: PredictorMetrics) -> ChainDeps:
     # Loading an in-process embedder and opening Milvus Lite block: keep the server's loop free.
-    client, model = await asyncio.to_thread(embedder_client, config.embedder, config.embedder_protocol)
-    embedder = await ClientEmbedder(client, model, config.retry).start()
+    client, model = await asyncio.to_thread(
+        embedder_client, config.embedder, config.embedder_protocol, config.request_timeout_s, tracer)
+    embedder = await ClientEmbedder(client, model, config.retry, on_retry=lambda *_: metrics.retried(model)).start()
     store = await asyncio.to_thread(VectorStore.connect, config.milvus_uri, config.collection)
     target = config.predictor_host if config.predictor_protocol == "grpc-v2" else config.predictor_url
-    predictor = make_client(config.predictor_protocol, target, config.request_timeout_s)
-    return ChainDeps(config=config, embedder=embedder, store=store, predictor=predictor)
+    predictor = make_client(config.predictor_protocol, target, config.request_timeout_s, tracer)
+    return ChainDeps(config=config, embedder=embedder, store=store, predictor=predictor, tracer=tracer,
+                     metrics=metrics)

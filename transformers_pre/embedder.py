@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
+from opentelemetry import trace
 
-from predictors.client import CallFailed, PredictorClient, make_client
+from predictors.client import CallFailed, PredictorClient, TransientCallError, make_client
 from predictors.retry import RetryPolicy, call_with_retries
 from transformers_pre.errors import PredictorUnavailable
 
 
 class Embedder(Protocol):
     dimension: int
+    model: str
 
     async def embed(self, texts: Sequence[str], headers: Mapping[str, str] | None = None) -> np.ndarray:
         """Normalized float32 vectors, one row per text."""
@@ -25,10 +27,14 @@ class Embedder(Protocol):
 class ClientEmbedder:
     """Embeds through any ``PredictorClient``: remote (v1, v2, gRPC) or ``InProcessClient``."""
 
-    def __init__(self, client: PredictorClient, model: str, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, client: PredictorClient, model: str, retry: RetryPolicy | None = None,
+        on_retry: Callable[[int, TransientCallError], None] | None = None,
+    ) -> None:
         self._client = client
-        self._model = model
+        self.model = model
         self._retry = retry or RetryPolicy(max_attempts=3)
+        self._on_retry = on_retry
         self.dimension = 0
 
     async def start(self) -> ClientEmbedder:
@@ -39,7 +45,8 @@ class ClientEmbedder:
     async def embed(self, texts: Sequence[str], headers: Mapping[str, str] | None = None) -> np.ndarray:
         body = {"instances": list(texts)}
         try:
-            response, _ = await call_with_retries(lambda: self._client.predict(self._model, body, headers), self._retry)
+            response, _ = await call_with_retries(
+                lambda: self._client.predict(self.model, body, headers), self._retry, on_retry=self._on_retry)
         except CallFailed as err:
             raise PredictorUnavailable(f"embedder failed: {err}") from err
         vectors = np.asarray(response["predictions"], dtype=np.float32)
@@ -50,7 +57,9 @@ class ClientEmbedder:
         await self._client.close()
 
 
-def embedder_client(spec: str, protocol: str = "v1", timeout_s: float = 60.0) -> tuple[PredictorClient, str]:
+def embedder_client(
+    spec: str, protocol: str = "v1", timeout_s: float = 60.0, tracer: trace.Tracer | None = None
+) -> tuple[PredictorClient, str]:
     """``spec`` is a packaged model id (run in-process) or ``URL[#model]`` of an embedding predictor."""
     if "://" not in spec and ":" not in spec:
         from predictors.config import PredictorConfig
@@ -58,4 +67,4 @@ def embedder_client(spec: str, protocol: str = "v1", timeout_s: float = 60.0) ->
 
         return InProcessClient.load(PredictorConfig(model_name=spec, task="embed", model_id=spec)), spec
     target, _, model = spec.partition("#")
-    return make_client(protocol, target, timeout_s), model or "minilm"  # type: ignore[arg-type]
+    return make_client(protocol, target, timeout_s, tracer), model or "minilm"  # type: ignore[arg-type]

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,31 +27,12 @@ async def seed(db: Path, collection: str = "kzero") -> None:
         await embedder.close()
 
 
-@pytest.fixture(scope="session")
-def rag_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Milvus Lite file with the test corpus (closed again: Milvus Lite allows one process per file)."""
-    db = tmp_path_factory.mktemp("milvus") / "rag.db"
-    asyncio.run(seed(db))
-    return db
-
-
 def transformer_process(
-    tmp_path_factory: pytest.TempPathFactory, db: Path, predictor_host: str, *extra: str
+    tmp_path_factory: pytest.TempPathFactory, db: Path, predictor_host: str, *extra: str,
+    env: dict[str, str] | None = None,
 ) -> PredictorProcess:
     """A transformer server process (PredictorProcess starts any ``python -m`` KServe server)."""
     args = ["--predictor_host", predictor_host, "--predictor_model", "smol", "--milvus_uri", str(db),
             "--collection", "kzero", "--max_new_tokens", "48", *extra]
     log = tmp_path_factory.mktemp("logs") / "rag.log"
-    return PredictorProcess(args, model_name="rag", log_path=log, module="transformers_pre").start()
-
-
-@pytest.fixture(scope="session")
-def rag_server(
-    tmp_path_factory: pytest.TempPathFactory, rag_db: Path, generate_server: PredictorProcess
-) -> Iterator[PredictorProcess]:
-    server = transformer_process(tmp_path_factory, rag_db, f"127.0.0.1:{generate_server.http_port}")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        assert server.stop() == 0
+    return PredictorProcess(args, model_name="rag", log_path=log, module="transformers_pre", env=env or {}).start()

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import trace
+
 from predictors.client import PredictorClient
+from predictors.metrics import PredictorMetrics
 from transformers_pre.config import TransformerConfig
 from transformers_pre.context import RagContext
 from transformers_pre.embedder import Embedder
@@ -29,6 +32,8 @@ class ChainDeps:
     embedder: Embedder
     store: VectorStore
     predictor: PredictorClient
+    tracer: trace.Tracer
+    metrics: PredictorMetrics
 
 
 StepFactory = Callable[..., Step]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from predictors.client import CallFailed, PermanentCallError, PredictorClient
+from opentelemetry import trace
+
+from observability import semconv
+from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError
 from predictors.retry import RetryPolicy, call_with_retries
 from transformers_pre.context import RagContext
 from transformers_pre.errors import BadRequest, PredictorUnavailable
@@ -20,13 +24,15 @@ class Generate:
     protocol: str
     retry: RetryPolicy
     max_new_tokens: int
+    on_retry: Callable[[int, TransientCallError], None] | None = None
     name: str = "generate"
 
     @classmethod
     def create(cls, deps: Any, max_new_tokens: int | None = None) -> Generate:
         config = deps.config
         return cls(deps.predictor, config.predictor_model, config.predictor_protocol, config.retry,
-                   max_new_tokens or config.max_new_tokens)
+                   max_new_tokens or config.max_new_tokens,
+                   on_retry=lambda *_: deps.metrics.retried(config.predictor_model))
 
     def body(self, ctx: RagContext) -> dict[str, Any]:
         parameters = {"max_new_tokens": self.max_new_tokens, "temperature": 0.0, **(ctx.instance.parameters or {})}
@@ -39,9 +45,14 @@ class Generate:
 
     async def __call__(self, ctx: RagContext) -> None:
         body = self.body(ctx)
+        span = trace.get_current_span()
+        span.set_attributes({semconv.GEN_AI_OPERATION: "chat" if self.protocol == "v1" else "text_completion",
+                             semconv.GEN_AI_REQUEST_MODEL: self.model})
+        if isinstance(max_tokens := body["parameters"]["max_new_tokens"], int):
+            span.set_attribute(semconv.GEN_AI_REQUEST_MAX_TOKENS, max_tokens)
         try:
             response, _ = await call_with_retries(
-                lambda: self.client.predict(self.model, body, ctx.headers), self.retry
+                lambda: self.client.predict(self.model, body, ctx.headers), self.retry, on_retry=self.on_retry
             )
         except PermanentCallError as err:
             raise BadRequest(f"{ctx.field}.parameters", f"the predictor rejected the request: {err}") from err
@@ -53,3 +64,12 @@ class Generate:
         ctx.answer = prediction.get("text", "")
         ctx.finish_reason = prediction.get("finish_reason")
         ctx.usage.update(prediction.get("usage") or {})
+        record_usage(span, ctx.usage)
+
+
+def record_usage(span: trace.Span, usage: dict[str, int]) -> None:
+    """Token counts the predictor reported, as ``gen_ai.usage.*`` (counts only, never text)."""
+    if "prompt_tokens" in usage:
+        span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, int(usage["prompt_tokens"]))
+    if "completion_tokens" in usage:
+        span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, int(usage["completion_tokens"]))

@@ -1,0 +1,253 @@
+"""One trace across every serving hop, checked on what real server processes export over OTLP.
+
+The session's predictors and transformer export to the session's ``otlp_receiver``; each test sends
+its own ``traceparent`` and asserts on the spans that arrive with that trace id.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from kserve import InferenceGRPCClient
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+from predictors.launch import PredictorProcess, free_port
+from tests.otlp_receiver import OtlpReceiver, Span, tree
+
+pytestmark = pytest.mark.slow
+
+GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
+V1_ROUTE = "POST /v1/models/{model_name}:predict"
+EMBED_ARGS = ["--task", "embed", "--model_id", "all-minilm-l6-v2", "--max_batch_latency_ms", "5"]
+
+
+def caller() -> tuple[str, str, str]:
+    """A new trace id, the caller's span id and the ``traceparent`` carrying both."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, span_id, f"00-{trace_id}-{span_id}-01"
+
+
+def one(spans: list[Span], **fields: object) -> Span:
+    found = [s for s in spans if all(getattr(s, k) == v for k, v in fields.items())]
+    assert len(found) == 1, f"expected one span with {fields}, got {len(found)}\n{tree(spans)}"
+    return found[0]
+
+
+def has(**fields: object) -> Callable[[list[Span]], bool]:
+    return lambda spans: any(all(getattr(s, k) == v for k, v in fields.items()) for s in spans)
+
+
+def all_of(*predicates: Callable[[list[Span]], bool]) -> Callable[[list[Span]], bool]:
+    return lambda spans: all(p(spans) for p in predicates)
+
+
+def batch_linking(receiver: OtlpReceiver, infer: Span) -> Span:
+    """The batch span that ran ``infer``'s items (it is exported once its batch ends)."""
+    linked = lambda s: s.name.startswith("batch ") and (infer.trace_id, infer.span_id) in s.links  # noqa: E731
+    receiver.wait_for(lambda spans: any(linked(s) for s in spans), 30)
+    [batch] = [s for s in receiver.spans(service=infer.service) if linked(s)]
+    return batch
+
+
+async def test_a_rag_request_is_one_trace_across_transformer_predictors_and_milvus(
+    otlp_receiver: OtlpReceiver, rag_server: PredictorProcess
+) -> None:
+    trace_id, caller_span, traceparent = caller()
+    marker = secrets.token_hex(6)
+    question = f"Where do messages that can never be handled go? ({marker})"
+    async with httpx.AsyncClient(base_url=rag_server.url, timeout=180) as client:
+        response = await client.post("/v1/models/rag:predict", json={"instances": [{"question": question}]},
+                                     headers={"traceparent": traceparent})
+    assert response.status_code == 200, response.text
+
+    transformer, embedder, generator = "kzero-transformer-rag", "kzero-predictor-minilm", "kzero-predictor-smol"
+    spans = otlp_receiver.wait_for(lambda _: all_of(
+        has(service=transformer, kind="SERVER"), has(name="rag.usage"), has(service=embedder, name="infer minilm"),
+        has(service=generator, name="infer smol"), has(service=embedder, kind="SERVER"),
+        has(service=generator, kind="SERVER"),
+    )(otlp_receiver.trace(trace_id)), 60)
+    spans = otlp_receiver.trace(trace_id)
+    shown = tree(spans)
+
+    server = one(spans, service=transformer, kind="SERVER")
+    assert server.parent_span_id == caller_span and server.name == V1_ROUTE, shown
+    assert server.attributes["http.route"] == "/v1/models/{model_name}:predict"
+    assert server.attributes["http.response.status_code"] == 200 and server.status_code != "ERROR"
+    steps = {s.name: s for s in spans if s.name.startswith("rag.")}
+    assert set(steps) == {f"rag.{n}" for n in ("validate", "embed_query", "retrieve", "prompt", "generate",
+                                                "cite", "usage")}, shown
+    assert all(s.parent_span_id == server.span_id and s.service == transformer for s in steps.values()), shown
+    assert steps["rag.embed_query"].attributes["gen_ai.operation.name"] == "embeddings"
+    assert steps["rag.embed_query"].attributes["gen_ai.request.model"] == "minilm"
+    assert steps["rag.generate"].attributes["gen_ai.request.model"] == "smol"
+    assert steps["rag.generate"].attributes["gen_ai.usage.output_tokens"] > 0
+
+    search = one(spans, name="search kzero")
+    assert search.parent_span_id == steps["rag.retrieve"].span_id
+    assert search.attributes["db.system"] == "milvus" and search.attributes["db.operation.name"] == "search"
+    assert search.attributes["db.collection.name"] == "kzero" and search.attributes["kzero.passages"] == 4
+
+    for step, service, model in (("rag.embed_query", embedder, "minilm"), ("rag.generate", generator, "smol")):
+        [call] = [s for s in spans if s.kind == "CLIENT" and s.parent_span_id == steps[step].span_id]
+        assert call.name == V1_ROUTE and call.service == transformer, shown
+        assert call.attributes["http.request.method"] == "POST"
+        assert call.attributes["url.full"].endswith(f"/v1/models/{model}:predict")
+        assert call.attributes["server.address"] == "127.0.0.1" and call.attributes["http.response.status_code"] == 200
+        predictor = one(spans, service=service, kind="SERVER")
+        assert predictor.parent_span_id == call.span_id and predictor.name == V1_ROUTE, shown
+        infer = one(spans, service=service, name=f"infer {model}")
+        assert infer.parent_span_id == predictor.span_id, shown
+        assert infer.attributes["gen_ai.request.model"] == model and infer.attributes["kzero.items"] == 1
+        assert infer.attributes["kzero.batch_size"] >= 1 and infer.attributes["kzero.queue_wait_ms"] >= 0
+        batch = batch_linking(otlp_receiver, infer)
+        assert batch.attributes["kzero.batch_size"] >= 1 and batch.attributes["gen_ai.request.model"] == model
+    generate_infer = one(spans, name="infer smol")
+    assert generate_infer.attributes["gen_ai.operation.name"] == "chat"
+    assert generate_infer.attributes["gen_ai.usage.input_tokens"] > 50
+    assert 0 < generate_infer.attributes["gen_ai.usage.output_tokens"] <= 48
+    assert one(spans, name="infer minilm").attributes["gen_ai.operation.name"] == "embeddings"
+
+    texts = [v for s in spans for v in s.attributes.values() if isinstance(v, str)]
+    assert not [t for t in texts if marker in t or "never be handled" in t], "a span recorded the question"
+
+
+async def test_grpc_v2_continues_the_trace_in_the_call_metadata(
+    otlp_receiver: OtlpReceiver, embed_server: PredictorProcess
+) -> None:
+    def request(text: str) -> InferRequest:
+        tensor = InferInput("text", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([text], dtype=object), False)
+        return InferRequest(model_name="minilm", infer_inputs=[tensor])
+
+    trace_id, caller_span, traceparent = caller()
+    bad_trace, _, bad_traceparent = caller()
+    client = InferenceGRPCClient(embed_server.grpc_target)
+    try:
+        await client.infer(request("a gRPC question"), headers=[("traceparent", traceparent)])
+        with pytest.raises(Exception, match=r"INVALID_ARGUMENT|inputs\.text"):
+            await client.infer(request(""), headers=[("traceparent", bad_traceparent)])
+    finally:
+        await client.close()
+
+    otlp_receiver.wait_for(lambda _: has(name="infer minilm")(otlp_receiver.trace(trace_id))
+                           and has(kind="SERVER")(otlp_receiver.trace(bad_trace)), 30)
+    spans = otlp_receiver.trace(trace_id)
+    server = one(spans, kind="SERVER")
+    assert server.name == GRPC_INFER and server.service == "kzero-predictor-minilm"
+    assert server.parent_span_id == caller_span, tree(spans)
+    assert server.attributes["rpc.system"] == "grpc" and server.attributes["rpc.method"] == "ModelInfer"
+    assert server.attributes["rpc.service"] == "inference.GRPCInferenceService"
+    assert server.attributes["rpc.grpc.status_code"] == 0 and server.status_code != "ERROR"
+    infer = one(spans, name="infer minilm")
+    assert infer.parent_span_id == server.span_id
+    batch_linking(otlp_receiver, infer)
+
+    rejected = one(otlp_receiver.trace(bad_trace), kind="SERVER")
+    assert rejected.attributes["rpc.grpc.status_code"] == 3  # INVALID_ARGUMENT: the caller's fault
+    assert rejected.status_code != "ERROR"
+
+
+async def test_a_streamed_chat_is_inside_the_transformer_server_span(
+    otlp_receiver: OtlpReceiver, rag_server: PredictorProcess
+) -> None:
+    trace_id, caller_span, traceparent = caller()
+    client = openai.AsyncOpenAI(base_url=f"{rag_server.url}/openai/v1", api_key="unused", timeout=180)
+    first_chunk_ns = 0
+    chunks = 0
+    try:
+        stream = await client.chat.completions.create(
+            model="rag", messages=[{"role": "user", "content": "Which protocol uses protobuf over HTTP/2?"}],
+            stream=True, max_tokens=24, extra_headers={"traceparent": traceparent})
+        async for _ in stream:
+            chunks += 1
+            first_chunk_ns = first_chunk_ns or time.time_ns()
+    finally:
+        await client.close()
+    assert chunks > 2
+
+    generator = "kzero-predictor-smol"
+    otlp_receiver.wait_for(lambda _: all_of(
+        has(service="kzero-transformer-rag", kind="SERVER"), has(service=generator, name="infer smol"),
+        has(service=generator, kind="SERVER"), has(name="rag.usage"),
+    )(otlp_receiver.trace(trace_id)), 60)
+    spans = otlp_receiver.trace(trace_id)
+    shown = tree(spans)
+    server = one(spans, service="kzero-transformer-rag", kind="SERVER")
+    assert server.name == "POST /openai/v1/chat/completions" and server.parent_span_id == caller_span, shown
+    call = one(spans, service="kzero-transformer-rag", kind="CLIENT", name="POST /openai/v1/chat/completions")
+    assert call.parent_span_id == server.span_id and call.attributes["gen_ai.operation.name"] == "chat"
+    predictor = one(spans, service=generator, kind="SERVER")
+    assert predictor.parent_span_id == call.span_id, shown
+    infer = one(spans, service=generator, name="infer smol")
+    assert infer.parent_span_id == predictor.span_id and infer.attributes["gen_ai.operation.name"] == "chat"
+    # The stream outlives the handler: every span of it (the relay, the steps after generation, the
+    # predictor's own stream) ends inside the server span, which ends after the first chunk arrived.
+    after = one(spans, name="rag.usage")
+    assert server.end_ns >= max(call.end_ns, after.end_ns, predictor.end_ns, infer.end_ns), shown
+    assert server.end_ns > first_chunk_ns
+    assert predictor.end_ns >= infer.end_ns
+
+
+def quiet_predictor(tmp_path: Path, env: dict[str, str]) -> PredictorProcess:
+    log = tmp_path / "predictor.log"
+    return PredictorProcess(EMBED_ARGS, model_name="minilm", log_path=log, env=env)
+
+
+def test_an_unreachable_collector_never_slows_requests_or_shutdown(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": dead, "OTEL_EXPORTER_OTLP_INSECURE": "true",
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"}
+    server = quiet_predictor(tmp_path, env).start()
+    try:
+        server.wait_ready()
+        durations = []
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for i in range(20):
+                started = time.monotonic()
+                response = client.post("/v1/models/minilm:predict", json={"instances": [f"text {i}"]},
+                                       headers={"traceparent": caller()[2]})
+                durations.append(time.monotonic() - started)
+                assert response.status_code == 200, response.text
+        assert max(durations) < 1.0, durations
+        started = time.monotonic()
+        assert server.stop(timeout=30) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        server.stop()
+
+
+def test_json_logs_carry_the_trace_of_the_request(tmp_path: Path) -> None:
+    server = quiet_predictor(tmp_path, {"KZERO_LOG_FORMAT": "json"}).start()
+    trace_id, _, traceparent = caller()
+    try:
+        server.wait_ready()
+        response = httpx.post(f"{server.url}/v1/models/minilm:predict", json={"instances": ["logged"]},
+                              headers={"traceparent": traceparent}, timeout=30)
+        assert response.status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert server.log_path is not None
+    lines = [line for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    entries = [json.loads(line) for line in lines]
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert {"kserve", "uvicorn.error"} & {e["logger"] for e in entries}, "KServe/uvicorn logs were not adopted"
+    traced = [e for e in entries if e.get("trace_id") == trace_id]
+    assert [e for e in traced if e["logger"] == "uvicorn.access" and "/v1/models/minilm" in e["message"]]
+    assert all(len(e["span_id"]) == 16 for e in traced)
+
+
+@pytest.mark.parametrize(("variable", "value"), [("KZERO_LOG_FORMAT", "xml"), ("OTEL_TRACES_SAMPLER", "sometimes")])
+def test_a_bad_observability_setting_exits_2_naming_it(tmp_path: Path, variable: str, value: str) -> None:
+    server = quiet_predictor(tmp_path, {variable: value}).start()
+    assert server.process is not None
+    assert server.process.wait(120) == 2
+    assert server.log_path is not None and variable in server.log_path.read_text()
+
