@@ -251,3 +251,65 @@ def test_a_bad_observability_setting_exits_2_naming_it(tmp_path: Path, variable:
     assert server.process.wait(120) == 2
     assert server.log_path is not None and variable in server.log_path.read_text()
 
+
+
+async def test_grpc_to_the_transformer_reaches_both_predictors_in_one_trace(
+    otlp_receiver: OtlpReceiver, rag_server: PredictorProcess
+) -> None:
+    tensor = InferInput("question", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array(["Which protocol uses protobuf over HTTP/2?"], dtype=object), False)
+    trace_id, caller_span, traceparent = caller()
+    client = InferenceGRPCClient(rag_server.grpc_target)
+    try:
+        request = InferRequest(model_name="rag", infer_inputs=[tensor])
+        await client.infer(request, headers=[("traceparent", traceparent)])
+    finally:
+        await client.close()
+
+    transformer = "kzero-transformer-rag"
+    otlp_receiver.wait_for(lambda _: all_of(
+        has(service=transformer, kind="SERVER"), has(name="search kzero"),
+        has(service="kzero-predictor-minilm", name="infer minilm"),
+        has(service="kzero-predictor-smol", name="infer smol"),
+    )(otlp_receiver.trace(trace_id)), 60)
+    spans = otlp_receiver.trace(trace_id)
+    shown = tree(spans)
+    server = one(spans, service=transformer, kind="SERVER")
+    assert server.name == GRPC_INFER and server.parent_span_id == caller_span, shown
+    assert server.attributes["rpc.grpc.status_code"] == 0
+    retrieve = one(spans, name="rag.retrieve")
+    assert retrieve.parent_span_id == server.span_id, shown
+    assert one(spans, name="search kzero").parent_span_id == retrieve.span_id
+    for service, model in (("kzero-predictor-minilm", "minilm"), ("kzero-predictor-smol", "smol")):
+        predictor = one(spans, service=service, kind="SERVER")
+        call = one(spans, span_id=predictor.parent_span_id)
+        assert call.kind == "CLIENT" and call.service == transformer, shown
+        assert one(spans, service=service, name=f"infer {model}").parent_span_id == predictor.span_id
+
+
+async def test_a_non_streamed_chat_is_one_trace(otlp_receiver: OtlpReceiver, rag_server: PredictorProcess) -> None:
+    trace_id, caller_span, traceparent = caller()
+    client = openai.AsyncOpenAI(base_url=f"{rag_server.url}/openai/v1", api_key="unused", timeout=180)
+    try:
+        reply = await client.chat.completions.create(
+            model="rag", messages=[{"role": "user", "content": "Which protocol uses protobuf over HTTP/2?"}],
+            max_tokens=16, extra_headers={"traceparent": traceparent})
+    finally:
+        await client.close()
+    assert reply.choices[0].message.content
+
+    generator = "kzero-predictor-smol"
+    otlp_receiver.wait_for(lambda _: all_of(
+        has(service="kzero-transformer-rag", kind="SERVER"), has(service=generator, name="infer smol"),
+        has(name="rag.usage"),
+    )(otlp_receiver.trace(trace_id)), 60)
+    spans = otlp_receiver.trace(trace_id)
+    shown = tree(spans)
+    server = one(spans, service="kzero-transformer-rag", kind="SERVER")
+    assert server.parent_span_id == caller_span and server.attributes["http.response.status_code"] == 200, shown
+    call = one(spans, service="kzero-transformer-rag", kind="CLIENT", name="POST /openai/v1/chat/completions")
+    predictor = one(spans, service=generator, kind="SERVER")
+    assert call.parent_span_id == server.span_id and predictor.parent_span_id == call.span_id, shown
+    infer = one(spans, service=generator, name="infer smol")
+    assert infer.parent_span_id == predictor.span_id
+    assert infer.attributes["gen_ai.usage.output_tokens"] <= 16
