@@ -176,8 +176,10 @@ class Milvus(_Model):
 class Telemetry(_Model):
     endpoint: str | None = "http://otel-collector.observability.svc.cluster.local:4317"
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
-    sampler: str = "parentbased_traceidratio"
+    sampler: Literal["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+                     "parentbased_traceidratio"] = "parentbased_traceidratio"
     sampler_arg: str = "1.0"
+    log_format: Literal["text", "json"] = Field(default="json", description="KZERO_LOG_FORMAT of every container")
     namespace: Name = "observability"
 
 

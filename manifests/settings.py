@@ -43,6 +43,7 @@ def settings_configmap(config: DeployConfig) -> Doc:
         "OTEL_EXPORTER_OTLP_PROTOCOL": config.telemetry.protocol,
         "OTEL_TRACES_SAMPLER": config.telemetry.sampler,
         "OTEL_TRACES_SAMPLER_ARG": config.telemetry.sampler_arg,
+        "KZERO_LOG_FORMAT": config.telemetry.log_format,
     }
     if config.telemetry.endpoint:
         data["OTEL_EXPORTER_OTLP_ENDPOINT"] = config.telemetry.endpoint
@@ -55,7 +56,7 @@ def setting_env(config: DeployConfig, key: str) -> Doc:
 
 
 def telemetry_env(config: DeployConfig, service_name: str) -> list[Doc]:
-    keys = ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"]
+    keys = ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "KZERO_LOG_FORMAT"]
     if config.telemetry.endpoint:
         keys.insert(0, "OTEL_EXPORTER_OTLP_ENDPOINT")
     return [{"name": "OTEL_SERVICE_NAME", "value": service_name}, *(setting_env(config, k) for k in keys)]
