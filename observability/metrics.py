@@ -95,7 +95,10 @@ class DualGauge:
     def _collect_prometheus(self, collect: Callable[[], list]) -> Callable[[], list]:
         def refreshed() -> list:
             assert self._prom is not None
-            for label_values, value in self._current().items():
+            current = self._current()
+            if self._labels:
+                self._prom.clear()  # label sets no longer read (a revoked partition) disappear
+            for label_values, value in current.items():
                 (self._prom.labels(*label_values) if self._labels else self._prom).set(value)
             return collect()
 

@@ -76,7 +76,10 @@ def test_dual_instruments_record_to_both_sides() -> None:
     assert 'kzero_batch_size_count{model="m"} 3.0' in text
     assert 'kzero_consumer_lag{partition="0",topic="requests"} 7.0' in text
     lag_now[("requests", "0")] = 3.0
+    lag_now[("requests", "1")] = 1.0
     assert 'kzero_consumer_lag{partition="0",topic="requests"} 3.0' in generate_latest(registry).decode()
+    del lag_now[("requests", "1")]  # revoked: the label set goes away
+    assert 'partition="1"' not in generate_latest(registry).decode()
     points = _otel_points(reader)
     assert points["kzero.dlq.events"][0].value == 2
     assert dict(points["kzero.dlq.events"][0].attributes) == {"code": "rejected"}
