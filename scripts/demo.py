@@ -122,6 +122,10 @@ def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
         sample = next(iter(job.results.values()))
         print(f"  a result event: type {sample.type}, requestid {sample.get('requestid')}, "
               f"{len(sample.data['predictions'][0])}-d embedding")
+        traceparent = sample.get("traceparent") or ""
+        trace_id = traceparent.split("-")[1] if traceparent.count("-") == 3 else "none"
+        print(f"  its trace id {trace_id}: the same from submit through the worker to this result "
+              "(set OTEL_EXPORTER_OTLP_ENDPOINT to export the spans)")
     finally:
         worker.send_signal(signal.SIGTERM)
         print(f"  worker exited with {worker.wait(60)} after SIGTERM")
