@@ -30,6 +30,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
 from eventing.jobs import collect, submit
+from observability.telemetry import setup_telemetry
 from predictors.launch import PredictorProcess
 
 LOGS = Path("data/demo-logs")
@@ -112,8 +113,12 @@ def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
     )
     try:
         started = time.perf_counter()
+        # Submitting under a real tracer starts each request's trace at its producer span.
+        telemetry = setup_telemetry("kzero-submit", dict(os.environ), set_global=False)
         with source.open() as lines:
-            count = submit(bootstrap, DEFAULT_REQUESTS, job_id, lines, progress=False)
+            count = submit(bootstrap, DEFAULT_REQUESTS, job_id, lines, progress=False,
+                           tracer=telemetry.tracer("kzero.demo"))
+        telemetry.shutdown()
         print(f"  submitted job {job_id}: {count} request events to {DEFAULT_REQUESTS}")
         job = collect(bootstrap, [DEFAULT_RESULTS, DEFAULT_DLQ], job_id, count, timeout_s=600, progress=False)
         seconds = time.perf_counter() - started
@@ -124,8 +129,8 @@ def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
               f"{len(sample.data['predictions'][0])}-d embedding")
         traceparent = sample.get("traceparent") or ""
         trace_id = traceparent.split("-")[1] if traceparent.count("-") == 3 else "none"
-        print(f"  its trace id {trace_id}: the same from submit through the worker to this result "
-              "(set OTEL_EXPORTER_OTLP_ENDPOINT to export the spans)")
+        print(f"  its trace id {trace_id}: one trace from its submit span through the worker to this "
+              "result (set OTEL_EXPORTER_OTLP_ENDPOINT to export the spans)")
     finally:
         worker.send_signal(signal.SIGTERM)
         print(f"  worker exited with {worker.wait(60)} after SIGTERM")
