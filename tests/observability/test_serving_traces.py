@@ -313,3 +313,18 @@ async def test_a_non_streamed_chat_is_one_trace(otlp_receiver: OtlpReceiver, rag
     infer = one(spans, service=generator, name="infer smol")
     assert infer.parent_span_id == predictor.span_id
     assert infer.attributes["gen_ai.usage.output_tokens"] <= 16
+
+
+def test_server_metrics_reach_the_collector(otlp_receiver: OtlpReceiver, embed_server: PredictorProcess) -> None:
+    response = httpx.post(f"{embed_server.url}/v1/models/minilm:predict", json={"instances": ["counted"]}, timeout=30)
+    assert response.status_code == 200
+    wanted = {"kzero.requests", "kzero.request.duration", "kzero.batch.size", "kzero.queue.wait",
+              "kzero.queue.depth", "kzero.model.ready", "kzero.cold.start"}
+    deadline = time.monotonic() + 30
+    while not wanted <= otlp_receiver.metric_names("kzero-predictor-minilm") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert wanted <= otlp_receiver.metric_names("kzero-predictor-minilm"), otlp_receiver.metric_names()
+    phases = {p.get("phase") for p in otlp_receiver.points("kzero.cold.start", "kzero-predictor-minilm")}
+    assert {"import", "load"} <= phases, phases
+    routes = {p.get("route") for p in otlp_receiver.points("kzero.requests", "kzero-predictor-minilm")}
+    assert "/v1/models/{model_name}:predict" in routes, routes
