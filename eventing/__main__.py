@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
+from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity
 from eventing.errors import MalformedEvent
 from eventing.topics import ensure_topics
 from observability.logs import LogConfig, setup_logging
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _worker(args: argparse.Namespace, telemetry: Telemetry) -> int:
+def _worker(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecurity) -> int:
     import_kserve()
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -95,9 +96,9 @@ def _worker(args: argparse.Namespace, telemetry: Telemetry) -> int:
     from predictors.retry import RetryPolicy
 
     config = WorkerConfig(
-        bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic, output_topic=args.output_topic,
-        dlq_topic=args.dlq_topic, group=args.group, predictor_url=args.predictor_url, model=args.model,
-        protocol=args.protocol, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        bootstrap_servers=args.bootstrap_servers, security=security, input_topic=args.input_topic,
+        output_topic=args.output_topic, dlq_topic=args.dlq_topic, group=args.group, predictor_url=args.predictor_url,
+        model=args.model, protocol=args.protocol, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         max_in_flight=args.max_in_flight, exactly_once=args.exactly_once, transactional_id=args.transactional_id,
         output_mode=args.output_mode, retry=RetryPolicy(max_attempts=args.max_attempts),
     )
@@ -118,7 +119,8 @@ def _worker(args: argparse.Namespace, telemetry: Telemetry) -> int:
     tracer = telemetry.tracer(INSTRUMENTATION)
     processor = Processor(client, config.model, config.retry, config.max_instances, tracer=tracer,
                           on_retry=metrics.retried)
-    ensure_topics(config.bootstrap_servers, [config.input_topic, config.output_topic, config.dlq_topic])
+    ensure_topics(config.bootstrap_servers, [config.input_topic, config.output_topic, config.dlq_topic],
+                  security=config.security)
     consumer, producer = kafka_clients(config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,37 +129,38 @@ def _worker(args: argparse.Namespace, telemetry: Telemetry) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace, telemetry: Telemetry) -> int:
+def _submit(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecurity) -> int:
     from eventing.jobs import submit
 
     job_id = args.job_id or str(uuid.uuid4())
-    ensure_topics(args.bootstrap_servers, [args.topic])
+    ensure_topics(args.bootstrap_servers, [args.topic], security=security)
     with args.input.open() as source:
         count = submit(args.bootstrap_servers, args.topic, job_id, source, args.mode, args.parameters,
-                       args.key_field, progress=sys.stderr.isatty(), tracer=telemetry.tracer(INSTRUMENTATION))
+                       args.key_field, progress=sys.stderr.isatty(), tracer=telemetry.tracer(INSTRUMENTATION),
+                       security=security)
     print(json.dumps({"job_id": job_id, "submitted": count, "topic": args.topic}))
     return 0
 
 
-def _results(args: argparse.Namespace, telemetry: Telemetry) -> int:
+def _results(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecurity) -> int:
     from eventing.jobs import collect, write_results
 
-    ensure_topics(args.bootstrap_servers, [args.topic, args.dlq_topic])
+    ensure_topics(args.bootstrap_servers, [args.topic, args.dlq_topic], security=security)
     job = collect(args.bootstrap_servers, [args.topic, args.dlq_topic], args.job_id, args.expect, args.timeout,
-                  progress=sys.stderr.isatty())
+                  progress=sys.stderr.isatty(), security=security)
     if args.output:
         write_results(job, args.output)
     print(job.summary())
     return 0 if job.complete and not job.errors else 1
 
 
-def _replay(args: argparse.Namespace, telemetry: Telemetry) -> int:
+def _replay(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecurity) -> int:
     from eventing.jobs import failed_requests, send_events
 
-    ensure_topics(args.bootstrap_servers, [args.dlq_topic, args.topic])
-    originals = failed_requests(args.bootstrap_servers, args.dlq_topic, args.job_id, args.code)
+    ensure_topics(args.bootstrap_servers, [args.dlq_topic, args.topic], security=security)
+    originals = failed_requests(args.bootstrap_servers, args.dlq_topic, args.job_id, args.code, security=security)
     count = send_events(args.bootstrap_servers, args.topic, originals, args.mode, progress=sys.stderr.isatty(),
-                        tracer=telemetry.tracer(INSTRUMENTATION))
+                        tracer=telemetry.tracer(INSTRUMENTATION), security=security)
     print(json.dumps({"job_id": args.job_id, "replayed": count, "topic": args.topic}))
     return 0
 
@@ -172,16 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("python -m eventing: --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS is required", file=sys.stderr)
         return 2
     try:
+        security = KafkaSecurity.from_env(os.environ)
         setup_logging(LogConfig.from_env(os.environ))
         # OTEL_SERVICE_NAME, when set, wins over this default.
         telemetry = setup_telemetry(f"kzero-{args.command}", os.environ)
-    except ValueError as err:  # TelemetryConfigError too: the message names the variable
+    except ValueError as err:  # TelemetryConfigError too: each message names the variable
         print(f"python -m eventing: {err}", file=sys.stderr)
         return 2
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per predictor call
     try:
-        return int(COMMANDS[args.command](args, telemetry))
+        return int(COMMANDS[args.command](args, telemetry, security))
     except MalformedEvent as err:
         print(f"python -m eventing {args.command}: {err}", file=sys.stderr)
         return 2
@@ -190,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m eventing {args.command}: invalid {'.'.join(map(str, first['loc']))}: {first['msg']}",
               file=sys.stderr)
         return 2
+    except KafkaError as err:
+        # kafka-python 2.3 turns a refused login into a generic error (IncompatibleBrokerVersion,
+        # NoBrokersAvailable) and logs the broker's reason on kafka.conn just before: name the settings.
+        print(f"python -m eventing {args.command}: Kafka at {args.bootstrap_servers} ({security.describe()}): {err}",
+              file=sys.stderr)
+        return 1
     finally:
         telemetry.shutdown()
 

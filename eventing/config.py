@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
 
 from eventing.kafka_binding import Mode
 from predictors.retry import RetryPolicy
@@ -14,11 +15,82 @@ DEFAULT_REQUESTS = "kzero.requests"
 DEFAULT_RESULTS = "kzero.results"
 DEFAULT_DLQ = "kzero.dlq"
 
+# The variables manifests/worker.py gives the worker when Kafka auth is configured, by field.
+SECURITY_ENV = {
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_cafile": "KAFKA_SSL_CAFILE",
+}
+
+
+class KafkaSecurity(BaseModel):
+    """How every Kafka client of kzero authenticates; the default is plaintext without auth.
+
+    Messages name the environment variables (``SECURITY_ENV``), since that is where these come from.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None  # shown as '**********' in repr, str and validation errors
+    ssl_cafile: FilePath | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
+        """Read ``SECURITY_ENV``; an empty variable counts as unset. A bad or incomplete setting is a
+        ValueError naming the variable (and never showing the password)."""
+        values: dict[str, Any] = {field: env[name] for field, name in SECURITY_ENV.items() if env.get(name)}
+        if "sasl_password" in values:
+            values["sasl_password"] = SecretStr(values["sasl_password"])
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            if not first["loc"]:  # a rule across fields: its message names the variables
+                raise ValueError(first["msg"].removeprefix("Value error, ")) from err
+            field = str(first["loc"][0])
+            raise ValueError(f"{SECURITY_ENV[field]}={values[field]!r}: {first['msg']}") from err
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        protocol = f"KAFKA_SECURITY_PROTOCOL={self.security_protocol}"
+        uses_sasl = self.security_protocol.startswith("SASL_")
+        for field in ("sasl_mechanism", "sasl_username", "sasl_password"):
+            if uses_sasl and getattr(self, field) is None:
+                raise ValueError(f"{SECURITY_ENV[field]} is required with {protocol}")
+            if not uses_sasl and getattr(self, field) is not None:
+                raise ValueError(f"{SECURITY_ENV[field]} is set, but {protocol} does not use SASL")
+        if self.ssl_cafile is not None and not self.security_protocol.endswith("SSL"):
+            raise ValueError(f"KAFKA_SSL_CAFILE is set, but {protocol} does not use TLS")
+        return self
+
+    def describe(self) -> str:
+        """The settings that decide the connection, for error messages (never the password)."""
+        text = f"KAFKA_SECURITY_PROTOCOL={self.security_protocol}"
+        if self.sasl_mechanism is not None:
+            text += f", KAFKA_SASL_MECHANISM={self.sasl_mechanism}, KAFKA_SASL_USERNAME={self.sasl_username}"
+        return text
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's KafkaConsumer, KafkaProducer and KafkaAdminClient."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_password is not None:
+            kwargs.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                          sasl_plain_password=self.sasl_password.get_secret_value())
+        if self.ssl_cafile is not None:
+            kwargs["ssl_cafile"] = str(self.ssl_cafile)
+        return kwargs
+
 
 class WorkerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str = Field(min_length=1)
+    security: KafkaSecurity = KafkaSecurity()
     input_topic: str = DEFAULT_REQUESTS
     output_topic: str = DEFAULT_RESULTS
     dlq_topic: str = DEFAULT_DLQ

@@ -15,6 +15,7 @@ from opentelemetry import trace
 from tqdm import tqdm
 
 from eventing import tracing
+from eventing.config import KafkaSecurity
 from eventing.errors import MalformedEvent
 from eventing.events import ERROR_TYPE, RESULT_TYPE, TRACE_CONTEXT, Event, from_structured_dict, request_event
 from eventing.kafka_binding import KafkaRecord, Mode, from_client_record, from_record
@@ -48,19 +49,25 @@ def job_events(
                             id=f"{job_id}-{number}")
 
 
-def _producer(bootstrap: str) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10)
+def _client_kwargs(security: KafkaSecurity | None) -> dict[str, Any]:
+    """Every function here that talks to Kafka takes ``security``: None is plaintext without auth."""
+    return (security or KafkaSecurity()).client_kwargs()
+
+
+def _producer(bootstrap: str, security: KafkaSecurity | None) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10,
+                         **_client_kwargs(security))
 
 
 def send_events(bootstrap: str, topic: str, events: Iterable[Event], mode: Mode, *, progress: bool = True,
-                tracer: trace.Tracer | None = None) -> int:
+                tracer: trace.Tracer | None = None, security: KafkaSecurity | None = None) -> int:
     """Send each event under a PRODUCER span whose context it carries on (see ``eventing.tracing``).
 
     The span's parent is the current context, except for an event that already carries trace
     context (a replayed request): it continues its own trace.
     """
     tracer = tracer or trace.get_tracer(__name__)
-    producer = _producer(bootstrap)
+    producer = _producer(bootstrap, security)
     count = 0
     try:
         for event in tqdm(events, desc="submitting", unit="event", disable=not progress):
@@ -82,18 +89,18 @@ def send_events(bootstrap: str, topic: str, events: Iterable[Event], mode: Mode,
 
 def submit(bootstrap: str, topic: str, job_id: str, source: TextIO, mode: Mode = "binary",
            parameters: dict[str, Any] | None = None, key_field: str | None = None, progress: bool = True,
-           tracer: trace.Tracer | None = None) -> int:
+           tracer: trace.Tracer | None = None, *, security: KafkaSecurity | None = None) -> int:
     # Read and check the whole file first: a bad line must not leave half a job submitted.
     events = list(job_events(source, job_id, parameters=parameters, key_field=key_field))
-    return send_events(bootstrap, topic, events, mode, progress=progress, tracer=tracer)
+    return send_events(bootstrap, topic, events, mode, progress=progress, tracer=tracer, security=security)
 
 
 def scan(bootstrap: str, topics: list[str], *, idle_timeout_s: float, deadline: float | None = None,
-         done: Callable[[], bool] = lambda: False) -> Iterator[KafkaRecord]:
+         done: Callable[[], bool] = lambda: False, security: KafkaSecurity | None = None) -> Iterator[KafkaRecord]:
     """Committed records of ``topics`` from the beginning, following new ones until ``done()``,
     ``deadline`` (monotonic) or ``idle_timeout_s`` without a record."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
-                             group_id=None)
+                             group_id=None, **_client_kwargs(security))
     try:
         consumer.topics()  # fetch metadata so partitions_for_topic knows every topic
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
@@ -146,11 +153,12 @@ class JobResults:
 
 
 def collect(bootstrap: str, topics: list[str], job_id: str, expected: int, timeout_s: float,
-            progress: bool = True) -> JobResults:
+            progress: bool = True, *, security: KafkaSecurity | None = None) -> JobResults:
     job = JobResults(expected)
     deadline = time.monotonic() + timeout_s
     with tqdm(total=expected, desc="collecting", unit="result", disable=not progress) as bar:
-        for record in scan(bootstrap, topics, idle_timeout_s=timeout_s, deadline=deadline, done=lambda: job.complete):
+        for record in scan(bootstrap, topics, idle_timeout_s=timeout_s, deadline=deadline, done=lambda: job.complete,
+                           security=security):
             try:
                 event = from_record(record)
             except MalformedEvent:
@@ -168,10 +176,11 @@ def write_results(job: JobResults, path: Path) -> None:
             out.write(json.dumps({"requestid": requestid, "error": event.data.get("error")}) + "\n")
 
 
-def failed_requests(bootstrap: str, dlq_topic: str, job_id: str, code: str | None = None) -> list[Event]:
+def failed_requests(bootstrap: str, dlq_topic: str, job_id: str, code: str | None = None, *,
+                    security: KafkaSecurity | None = None) -> list[Event]:
     """The original request events of a job's dead letters (one per request id)."""
     originals: dict[str, Event] = {}
-    for record in scan(bootstrap, [dlq_topic], idle_timeout_s=2.0):
+    for record in scan(bootstrap, [dlq_topic], idle_timeout_s=2.0, security=security):
         try:
             error = from_record(record)
         except MalformedEvent:

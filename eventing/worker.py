@@ -85,6 +85,7 @@ class Outgoing:
 
 
 def kafka_clients(config: WorkerConfig) -> tuple[KafkaConsumer, KafkaProducer]:
+    security = config.security.client_kwargs()
     consumer = KafkaConsumer(
         bootstrap_servers=config.bootstrap_servers,
         group_id=config.group,
@@ -95,13 +96,15 @@ def kafka_clients(config: WorkerConfig) -> tuple[KafkaConsumer, KafkaProducer]:
         max_poll_interval_ms=config.max_poll_interval_ms,
         session_timeout_ms=config.session_timeout_ms,
         heartbeat_interval_ms=max(1000, config.session_timeout_ms // 4),
+        **security,
     )
     extra: dict[str, Any] = {}
     if config.exactly_once:
         extra = {"transactional_id": config.effective_transactional_id,
                  "transaction_timeout_ms": config.transaction_timeout_ms}
     producer = KafkaProducer(
-        bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5, **extra
+        bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5, **extra,
+        **security,
     )
     return consumer, producer
 

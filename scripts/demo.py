@@ -4,7 +4,8 @@
    of each protocol (v1, v2, gRPC, OpenAI) to each, printing answers and timings.
 2. Ingests the corpus in docs/corpus into Milvus Lite, starts the RAG transformer in front of the
    generation predictor, and asks a few questions, printing answers with their sources.
-3. Starts a single-node Kafka broker (scripts/kafka.sh, or $KAFKA_BOOTSTRAP_SERVERS), runs the
+3. Starts a single-node Kafka broker (scripts/kafka.sh, or $KAFKA_BOOTSTRAP_SERVERS with the
+   KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_CAFILE login of `python -m eventing`), runs the
    eventing worker against the embedding predictor, submits a batch job of CloudEvents, collects
    every result and prints the job's throughput.
 Everything is shut down at the end.
@@ -28,7 +29,7 @@ import openai
 from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
+from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity
 from eventing.jobs import collect, submit
 from observability.telemetry import setup_telemetry
 from predictors.launch import PredictorProcess
@@ -97,6 +98,7 @@ async def generate_demo(server: PredictorProcess) -> None:
 
 def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    security = KafkaSecurity.from_env(os.environ)  # the worker reads the same variables
     started_broker = bootstrap is None
     if started_broker:
         print("starting Kafka (first run downloads the jars from Maven Central) ...")
@@ -117,10 +119,11 @@ def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
         telemetry = setup_telemetry("kzero-submit", dict(os.environ), set_global=False)
         with source.open() as lines:
             count = submit(bootstrap, DEFAULT_REQUESTS, job_id, lines, progress=False,
-                           tracer=telemetry.tracer("kzero.demo"))
+                           tracer=telemetry.tracer("kzero.demo"), security=security)
         telemetry.shutdown()
         print(f"  submitted job {job_id}: {count} request events to {DEFAULT_REQUESTS}")
-        job = collect(bootstrap, [DEFAULT_RESULTS, DEFAULT_DLQ], job_id, count, timeout_s=600, progress=False)
+        job = collect(bootstrap, [DEFAULT_RESULTS, DEFAULT_DLQ], job_id, count, timeout_s=600, progress=False,
+                      security=security)
         seconds = time.perf_counter() - started
         print(f"  {job.summary()}")
         print(f"  {count} events in {seconds:.1f}s = {count / seconds:.0f} events/s (Kafka, worker, predictor)")

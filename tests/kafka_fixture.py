@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,30 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+@contextmanager
+def script_broker(env: dict[str, str]) -> Iterator[str]:
+    """A broker started by ``scripts/kafka.sh start`` under ``env`` (ports, data dir, …): yields the
+    address it prints and stops it on exit. A failed start fails the test with the script's output."""
+    try:
+        started = run_kafka_script("start", env)
+    except subprocess.TimeoutExpired as exc:
+        run_kafka_script("stop", env, timeout=STOP_TIMEOUT_S)
+        pytest.fail(f"scripts/kafka.sh start timed out after {exc.timeout}s:\n{exc.stderr!r}", pytrace=False)
+    lines = started.stdout.strip().splitlines()
+    if started.returncode != 0 or not lines:
+        run_kafka_script("stop", env, timeout=STOP_TIMEOUT_S)
+        pytest.fail(
+            f"scripts/kafka.sh start failed (rc={started.returncode}):\n{started.stderr}{started.stdout}",
+            pytrace=False,
+        )
+    try:
+        yield lines[-1]
+    finally:
+        stopped = run_kafka_script("stop", env, timeout=STOP_TIMEOUT_S)
+        if stopped.returncode != 0:
+            raise RuntimeError(f"scripts/kafka.sh stop failed (rc={stopped.returncode}):\n{stopped.stderr}")
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     global _managed_env
@@ -81,23 +106,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "KZERO_KAFKA_CONTROLLER_PORT": str(controller_port),
         "KZERO_KAFKA_DATA": str(tmp_path_factory.mktemp("kafka")),
     }
-    try:
-        started = run_kafka_script("start", env)
-    except subprocess.TimeoutExpired as exc:
-        run_kafka_script("stop", env, timeout=STOP_TIMEOUT_S)
-        pytest.fail(f"scripts/kafka.sh start timed out after {exc.timeout}s:\n{exc.stderr!r}", pytrace=False)
-    lines = started.stdout.strip().splitlines()
-    if started.returncode != 0 or not lines:
-        run_kafka_script("stop", env, timeout=STOP_TIMEOUT_S)
-        pytest.fail(
-            f"scripts/kafka.sh start failed (rc={started.returncode}):\n{started.stderr}{started.stdout}",
-            pytrace=False,
-        )
-    _managed_env = env
-    try:
-        yield lines[-1]
-    finally:
-        _managed_env = None
-        stopped = run_kafka_script("stop", env, timeout=STOP_TIMEOUT_S)
-        if stopped.returncode != 0:
-            raise RuntimeError(f"scripts/kafka.sh stop failed (rc={stopped.returncode}):\n{stopped.stderr}")
+    with script_broker(env) as address:
+        _managed_env = env
+        try:
+            yield address
+        finally:
+            _managed_env = None
