@@ -64,7 +64,8 @@ Reading = Callable[[], Iterable[tuple[Sequence[str], float]]]
 
 
 class DualGauge:
-    """A gauge read when scraped or exported: ``reading`` yields (label values, value) pairs."""
+    """A gauge whose values are read when scraped or exported: those ``set`` plus what each watched
+    ``reading`` yields as (label values, value) pairs."""
 
     def __init__(self, meter: metrics.Meter, registry: CollectorRegistry | None, name: str, doc: str,
                  labels: Sequence[str], unit: str = "1") -> None:
@@ -72,18 +73,16 @@ class DualGauge:
         self._readings: list[Reading] = []
         self._values: dict[tuple[str, ...], float] = {}
         self._prom = Gauge(name, doc, self._labels, registry=registry) if registry is not None else None
+        if self._prom is not None:
+            self._prom.collect = self._collect_prometheus(self._prom.collect)  # type: ignore[method-assign]
         meter.create_observable_gauge(_otel_name(name), callbacks=[self._observe], unit=unit, description=doc)
 
     def set(self, value: float, *label_values: str) -> None:
         self._values[tuple(label_values)] = value
-        if self._prom is not None:
-            (self._prom.labels(*label_values) if self._labels else self._prom).set(value)
 
     def watch(self, reading: Reading) -> None:
         """Read live values at each scrape/export (e.g. a queue depth, consumer lag)."""
         self._readings.append(reading)
-        if self._prom is not None:
-            self._prom.collect = self._collect_prometheus(self._prom.collect)  # type: ignore[method-assign]
 
     def _current(self) -> dict[tuple[str, ...], float]:
         values = dict(self._values)

@@ -144,50 +144,63 @@ def _insecure(env: Mapping[str, str], signal: str, endpoint: str) -> bool:
     return endpoint.startswith("http://")
 
 
-def span_exporter(env: Mapping[str, str]) -> SpanExporter | None:
-    if (env.get("OTEL_TRACES_EXPORTER") or "otlp").strip().lower() == "none":
+@dataclass(frozen=True)
+class _Target:
+    """Where and how one signal (``TRACES`` or ``METRICS``) is exported."""
+
+    protocol: str
+    endpoint: str
+    timeout_s: float
+    insecure: bool
+
+
+def _target(env: Mapping[str, str], signal: str) -> _Target | None:
+    """The signal's OTLP target; None when its exporter is ``none`` or no endpoint is set."""
+    if (env.get(f"OTEL_{signal}_EXPORTER") or "otlp").strip().lower() == "none":
         return None
-    protocol = _protocol(env, "TRACES")
-    endpoint = _endpoint(env, "TRACES", protocol)
+    protocol = _protocol(env, signal)
+    endpoint = _endpoint(env, signal, protocol)
     if endpoint is None:
         return None
-    timeout = _timeout_s(env, "TRACES")
-    if protocol == "grpc":
+    return _Target(protocol, endpoint, _timeout_s(env, signal), _insecure(env, signal, endpoint))
+
+
+def span_exporter(env: Mapping[str, str]) -> SpanExporter | None:
+    target = _target(env, "TRACES")
+    if target is None:
+        return None
+    if target.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
-        return GrpcSpanExporter(endpoint=endpoint, insecure=_insecure(env, "TRACES", endpoint), timeout=timeout)
+        return GrpcSpanExporter(endpoint=target.endpoint, insecure=target.insecure, timeout=target.timeout_s)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-    return HttpSpanExporter(endpoint=endpoint, timeout=timeout)
+    return HttpSpanExporter(endpoint=target.endpoint, timeout=target.timeout_s)
 
 
 def _meter_provider(env: Mapping[str, str], resource: Resource) -> metrics.MeterProvider | None:
-    if (env.get("OTEL_METRICS_EXPORTER") or "otlp").strip().lower() == "none":
-        return None
-    protocol = _protocol(env, "METRICS")
-    endpoint = _endpoint(env, "METRICS", protocol)
-    if endpoint is None:
+    target = _target(env, "METRICS")
+    if target is None:
         return None
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 
-    timeout = _timeout_s(env, "METRICS")
     exporter: MetricExporter
-    if protocol == "grpc":
+    if target.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
-        exporter = GrpcMetricExporter(endpoint=endpoint, insecure=_insecure(env, "METRICS", endpoint), timeout=timeout)
+        exporter = GrpcMetricExporter(endpoint=target.endpoint, insecure=target.insecure, timeout=target.timeout_s)
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
-        exporter = HttpMetricExporter(endpoint=endpoint, timeout=timeout)
+        exporter = HttpMetricExporter(endpoint=target.endpoint, timeout=target.timeout_s)
     raw = env.get("OTEL_METRIC_EXPORT_INTERVAL") or "60000"
     try:
         interval_ms = float(raw)
     except ValueError:
         raise TelemetryConfigError(f"OTEL_METRIC_EXPORT_INTERVAL={raw!r}: expected milliseconds") from None
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms,
-                                           export_timeout_millis=timeout * 1000)
+                                           export_timeout_millis=target.timeout_s * 1000)
     return MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
 
 

@@ -70,12 +70,13 @@ def in_event_trace(predict: Predict, tracer: trace.Tracer, model_name: str) -> P
     """``predict`` in the trace its event carries, when that is not the HTTP request's own trace."""
 
     async def traced(body: dict[str, Any], trace_headers: dict[str, str]) -> Any:
-        event_span = trace.get_current_span(extract(trace_headers)).get_span_context()
+        event_context = extract(trace_headers)
+        event_span = trace.get_current_span(event_context).get_span_context()
         current = trace.get_current_span().get_span_context()
         if not event_span.is_valid or event_span.trace_id == current.trace_id:
             return await predict(body, trace_headers)
         links = [Link(current)] if current.is_valid else []
-        with tracer.start_as_current_span(f"process {model_name}", context=extract(trace_headers),
+        with tracer.start_as_current_span(f"process {model_name}", context=event_context,
                                           kind=SpanKind.CONSUMER, links=links,
                                           attributes={semconv.MESSAGING_OPERATION_TYPE: "process"}):
             return await predict(body, trace_headers)
