@@ -34,6 +34,7 @@ from common import (
     machine_info,
     noise_note,
     parse_args,
+    percentile,
     predictor,
     report,
     table,
@@ -108,8 +109,6 @@ def predictor_rounds(urls: dict[str, str], pids: dict[str, int | None], duration
             t["other_cores"].append(used["other_cores"])
             print(f"predictor round {round_ + 1} {label}: {result.requests / result.wall_s:,.1f} req/s",
                   file=sys.stderr)
-    from common import percentile
-
     return {label: {"requests_per_s": t["requests"] / t["wall_s"], "requests": t["requests"], "errors": t["errors"],
                     "p50_ms": percentile(t["latencies"], 50) * 1e3, "p99_ms": percentile(t["latencies"], 99) * 1e3,
                     "other_cores": max(t["other_cores"])}
