@@ -64,23 +64,22 @@ def broker(config: DeployConfig) -> list[Doc]:
     return [cm, {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": meta, "spec": spec}]
 
 
-def _delivery(config: DeployConfig, timeout: bool) -> Doc:
+def _delivery(config: DeployConfig, *, timeout: bool, dead_letters: bool = True) -> Doc:
     k = config.knative
-    delivery: Doc = {"deadLetterSink": _sink_ref(config, "dlq"), "retry": k.retry,
-                     "backoffPolicy": "exponential", "backoffDelay": k.backoff_delay}
+    delivery: Doc = {"retry": k.retry, "backoffPolicy": "exponential", "backoffDelay": k.backoff_delay}
+    if dead_letters:
+        delivery = {"deadLetterSink": _sink_ref(config, "dlq"), **delivery}
     if timeout:
         delivery["timeout"] = k.timeout
     return delivery
 
 
-def _trigger(config: DeployConfig, role: str, event_type: str, subscriber: Doc, delivery: Doc | None) -> Doc:
+def _trigger(config: DeployConfig, role: str, event_type: str, subscriber: Doc, delivery: Doc) -> Doc:
     meta = metadata(config, f"{config.name}-{role}", COMPONENT)
     # Unordered: many events in flight per partition, so the predictor's batches fill.
     meta["annotations"] = {"kafka.eventing.knative.dev/delivery.order": config.knative.ordering}
     spec: Doc = {"broker": broker_name(config), "filter": {"attributes": {"type": event_type}},
-                 "subscriber": subscriber}
-    if delivery is not None:
-        spec["delivery"] = delivery
+                 "subscriber": subscriber, "delivery": delivery}
     return {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": meta, "spec": spec}
 
 
@@ -91,8 +90,10 @@ def triggers(config: DeployConfig) -> list[Doc]:
     return [
         _trigger(config, "requests", REQUEST_TYPE, service, _delivery(config, timeout=True)),
         _trigger(config, "results", RESULT_TYPE, _sink_ref(config, "results"), _delivery(config, timeout=False)),
-        # Error events a batch reply carries for its failed items (already final: no retries).
-        _trigger(config, "errors", ERROR_TYPE, _sink_ref(config, "dlq"), None),
+        # Error events a batch reply carries for its failed items. Retries ride out a broker hiccup;
+        # no dead-letter sink, as it would be the same DLQ sink that just failed.
+        _trigger(config, "errors", ERROR_TYPE, _sink_ref(config, "dlq"),
+                 _delivery(config, timeout=False, dead_letters=False)),
     ]
 
 

@@ -114,6 +114,10 @@ def test_knative_route_reaches_the_service_and_never_loops(config: DeployConfig)
     assert sinks[delivery["deadLetterSink"]["ref"]["name"]] == config.kafka.dlq.name
     assert sinks[triggers[RESULT_TYPE]["subscriber"]["ref"]["name"]] == config.kafka.results.name
     assert sinks[triggers[ERROR_TYPE]["subscriber"]["ref"]["name"]] == config.kafka.dlq.name
+    for trigger in triggers.values():  # a broker hiccup is retried on every route, errors included
+        assert trigger["delivery"]["retry"] >= 1 and trigger["delivery"]["backoffPolicy"] == "exponential"
+        assert trigger["delivery"]["backoffDelay"].startswith("PT")
+    assert "deadLetterSink" not in triggers[ERROR_TYPE]["delivery"]  # it would be the sink that just failed
     assert set(sinks.values()) <= set(_topics(docs))
 
 
