@@ -24,6 +24,17 @@ Duration = Annotated[str, StringConstraints(pattern=r"^\d+(s|m|h)$")]
 IsoDuration = Annotated[str, StringConstraints(pattern=r"^PT(\d+H)?(\d+M)?(\d+(\.\d+)?S)?$")]
 Quantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti)?$")]
 
+# What Knative Serving's webhook accepts with its default config-defaults/config-autoscaler
+# (max-revision-timeout-seconds, container-concurrency-max-limit, the stable window's bounds).
+KNATIVE_MAX_TIMEOUT_S = 600
+KNATIVE_MAX_CONTAINER_CONCURRENCY = 1000
+KNATIVE_WINDOW_S = (6, 3600)
+
+
+def duration_s(value: str) -> int:
+    """Seconds of a ``Duration`` ("90s", "10m", "1h")."""
+    return int(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -64,6 +75,15 @@ class Profile(_Model):
     scale_down_delay: Duration
     window: Duration
     progress_deadline: Duration
+
+    @model_validator(mode="after")
+    def _knative_bounds(self) -> Profile:
+        low, high = KNATIVE_WINDOW_S
+        if not low <= duration_s(self.window) <= high:
+            raise ValueError(f"window {self.window!r} must lie between {low}s and {high // 3600}h (Knative's bounds)")
+        if duration_s(self.scale_down_delay) > high:
+            raise ValueError(f"scale_down_delay {self.scale_down_delay!r} must be at most 1h (Knative's bound)")
+        return self
 
 
 def _cpu_profile() -> Profile:
@@ -111,10 +131,12 @@ class Predictor(_Model):
     max_new_tokens: int | None = Field(default=None, ge=1)
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=4, ge=1)
-    initial_scale: int = Field(default=1, ge=0)
+    # Knative refuses initial-scale 0 unless the cluster sets allow-zero-initial-scale.
+    initial_scale: int = Field(default=1, ge=1)
     scale_target: int | None = Field(default=None, ge=1, description="default: max_batch_size")
-    container_concurrency: int | None = Field(default=None, ge=1, description="default: 2 x scale_target")
-    timeout_s: int = Field(default=300, ge=1)
+    container_concurrency: int | None = Field(default=None, ge=1, le=KNATIVE_MAX_CONTAINER_CONCURRENCY,
+                                              description="default: 2 x scale_target")
+    timeout_s: int = Field(default=300, ge=1, le=KNATIVE_MAX_TIMEOUT_S)
 
     @property
     def effective_scale_target(self) -> int:
@@ -143,6 +165,9 @@ class Predictor(_Model):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"predictor.min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
         cc, target = self.effective_container_concurrency, self.effective_scale_target
+        if cc > KNATIVE_MAX_CONTAINER_CONCURRENCY:
+            raise ValueError(f"predictor.container_concurrency ({cc}, 2 x scale_target by default) exceeds Knative's "
+                             f"limit of {KNATIVE_MAX_CONTAINER_CONCURRENCY}: set container_concurrency")
         if cc < target:
             raise ValueError(f"predictor.container_concurrency ({cc}) must be >= scale_target ({target}): "
                              "the autoscaler would aim for more concurrent requests than a replica admits")
@@ -164,7 +189,7 @@ class Transformer(_Model):
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     scale_target: int = Field(default=16, ge=1)
-    timeout_s: int = Field(default=300, ge=1)
+    timeout_s: int = Field(default=300, ge=1, le=KNATIVE_MAX_TIMEOUT_S)
 
 
 class Milvus(_Model):

@@ -77,9 +77,11 @@ def probes() -> Doc:
     return {
         # Covers the imports before the port listens (torch on a cold node), then hands over to liveness.
         "startupProbe": {**get(LIVE), "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 300},
-        # No periodSeconds: Knative's queue-proxy then probes aggressively, so a scaled-from-zero
-        # replica takes traffic the moment the model is warm.
-        "readinessProbe": {**get(READY), "timeoutSeconds": 2, "failureThreshold": 3},
+        # periodSeconds 0 (unset) is Knative's aggressive probe: the queue-proxy retries every 25 ms
+        # with its own 100 ms timeout, so a scaled-from-zero replica takes traffic the moment the model
+        # is warm. Knative then refuses timeoutSeconds and failureThreshold (they belong to periodic
+        # probing), so neither is set.
+        "readinessProbe": get(READY),
         "livenessProbe": {**get(LIVE), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
     }
 

@@ -42,9 +42,22 @@ def test_defaults_size_knative_to_the_batcher() -> None:
     ({"gguf_file": "m.gguf"}, "gguf_file needs storage_uri"),
     ({"min_replicas": 5, "max_replicas": 2}, "min_replicas (5) > max_replicas (2)"),
     ({"storage_uri": "s3://bucket/m", "model_id": None}, "storage_uri"),
+    # Knative's defaults: max-revision-timeout-seconds, container-concurrency-max-limit, allow-zero-initial-scale.
+    ({"timeout_s": 601}, "timeout_s"),
+    ({"max_batch_size": 600, "max_queue": 2000}, "exceeds Knative's limit of 1000"),
+    ({"initial_scale": 0}, "initial_scale"),
 ])
 def test_predictor_rules(predictor: dict[str, Any], message: str) -> None:
     assert message in _error(predictor=predictor)
+
+
+@pytest.mark.parametrize(("profile", "message"), [
+    ({"window": "5s"}, "window '5s' must lie between 6s and 1h"),
+    ({"window": "2h"}, "window '2h' must lie between 6s and 1h"),
+    ({"scale_down_delay": "61m"}, "scale_down_delay '61m' must be at most 1h"),
+])
+def test_profiles_stay_within_knative_bounds(profile: dict[str, Any], message: str) -> None:
+    assert message in _error(profiles={"gpu": profile})
 
 
 def test_worker_cannot_outnumber_partitions() -> None:
