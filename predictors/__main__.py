@@ -14,6 +14,9 @@ from pydantic import ValidationError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from predictors.auth import add_api_keys_argument
+    from predictors.limits import add_limit_arguments
+
     p = argparse.ArgumentParser(prog="python -m predictors", description=__doc__)
     p.add_argument("--model_name", default="model", help="name on the endpoint paths")
     p.add_argument("--http_port", type=int, default=8080)
@@ -35,12 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_instances", type=int, default=256)
     p.add_argument("--max_input_tokens", type=int, default=2048)
     p.add_argument("--max_new_tokens", type=int, default=512)
+    add_limit_arguments(p)
+    add_api_keys_argument(p)
+    p.add_argument("--enable_model_repository", action="store_true",
+                   help="serve the repository load/unload routes (behind the API keys)")
     return p
 
 
 def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorConfig
+    from predictors.auth import AuthConfig
     from predictors.batcher import BatcherConfig
     from predictors.config import LimitsConfig, PredictorConfig
+    from predictors.limits import limits_from_args
 
     args = build_parser().parse_args(argv)
     cache_dir = args.cache_dir or Path(env.get("KZERO_CACHE_DIR", Path.home() / ".cache" / "kzero"))
@@ -63,11 +72,14 @@ def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorC
             max_input_tokens=args.max_input_tokens,
             max_new_tokens=args.max_new_tokens,
         ),
+        request_limits=limits_from_args(args),
         load_wait_s=args.load_wait_s,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         enable_grpc=args.enable_grpc,
         workers=args.workers,
+        auth=AuthConfig.from_sources(env, args.api_keys_file),
+        enable_model_repository=args.enable_model_repository,
     )
 
 
@@ -80,12 +92,18 @@ def _seconds_since_process_start() -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from predictors.auth import ApiKeys, AuthConfigError
+
     try:
         config = config_from_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        api_keys = ApiKeys.from_config(config.auth)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "arguments"
         print(f"python -m predictors: invalid {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    except AuthConfigError as err:
+        print(f"python -m predictors: {err}", file=sys.stderr)
         return 2
 
     from observability.logs import LogConfig
@@ -117,9 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracer=tracer,
         metrics=metrics,
     )
-    server = KzeroServer(model, metrics, predictor_routers(model, tracer), http_port=config.http_port,
+    server = KzeroServer(model, metrics, predictor_routers(model, tracer, config.request_limits),
+                         http_port=config.http_port, request_limits=config.request_limits,
                          grpc_port=config.grpc_port, enable_grpc=config.enable_grpc, tracer=tracer,
-                         log_config=log_config)
+                         log_config=log_config, api_keys=api_keys,
+                         enable_model_repository=config.enable_model_repository)
     logging.getLogger(__name__).info("process start to imports done: %.2fs", import_s)
     return serve(server, telemetry, "predictor")
 

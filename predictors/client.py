@@ -3,13 +3,16 @@
 KServe's own clients retry nothing by default (0.21's REST retries are silently 0) and forward
 no trace context. Here every call is one attempt that classifies its failure as transient
 (connection refused, timeout, 5xx, 429/503 with ``Retry-After``) or permanent (other 4xx,
-INVALID_ARGUMENT, NOT_FOUND); ``predictors.retry`` decides what to do about it. Whatever the
-protocol, callers speak v1 bodies: ``{"instances": [...], "parameters": {...}}`` in,
+INVALID_ARGUMENT, NOT_FOUND); ``predictors.retry`` decides what to do about it. A refused API key
+(401, UNAUTHENTICATED) is ``Unauthorized``, permanent: no request can pass until the key is fixed.
+Whatever the protocol, callers speak v1 bodies: ``{"instances": [...], "parameters": {...}}`` in,
 ``{"predictions": [...]}`` out.
 
 Every call is a CLIENT span whose context goes out as W3C headers (HTTP) or metadata (gRPC). Its
 parent is the current span, or else the trace context in the ``headers`` argument, so a caller with
 no span of its own (a worker holding only an event's ``traceparent``) still continues its trace.
+A batched caller's per-instance contexts (``parameters.traceparents``, see ``predictors.item_trace``)
+go as JSON lists on v1 and as JSON text in string parameters on v2 and gRPC.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import httpx
 import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import SecretStr
 
 from observability import semconv
 from observability.propagation import extract, inject
+from predictors import item_trace
 from predictors.errors import PredictorError
 
 Protocol_ = Literal["v1", "v2", "grpc-v2"]
@@ -52,6 +57,19 @@ class TransientCallError(CallFailed):
 
 class PermanentCallError(CallFailed, ValueError):
     """The request itself is wrong; retrying cannot help."""
+
+
+class Unauthorized(PermanentCallError):
+    """The predictor refused our API key (or its absence): no request can succeed until that is fixed."""
+
+
+def refused_message(where: str, status: int | str, api_key: SecretStr | None) -> str:
+    what = "the API key" if api_key is not None else "a request without an API key"
+    return f"predictor at {where} refused {what} ({status})"
+
+
+def bearer_headers(api_key: SecretStr | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key.get_secret_value()}"} if api_key is not None else {}
 
 
 class PredictorClient(Protocol):
@@ -119,9 +137,12 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class _HttpClient:
-    def __init__(self, base_url: str, timeout_s: float, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float, tracer: trace.Tracer | None = None, api_key: SecretStr | None = None
+    ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=timeout_s)
+        self._api_key = api_key
+        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=timeout_s, headers=bearer_headers(api_key))
         self._tracer = tracer or trace.get_tracer(__name__)
 
     async def _post(self, route: str, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> dict:
@@ -140,6 +161,8 @@ class _HttpClient:
             span.set_attribute(semconv.HTTP_STATUS, status)
             if status == 200:
                 return response.json()
+            if status == 401:
+                raise Unauthorized(refused_message(self._base_url, status, self._api_key), status=status)
             message = f"predictor answered {status}: {_error_text(response)}"
             if status in (408, 429) or status >= 500:
                 retry_after = _retry_after(response.headers.get("retry-after"))
@@ -181,7 +204,7 @@ class V2Client(_HttpClient):
         texts = v1_to_texts(body)
         request = {
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
-            "parameters": dict(body.get("parameters") or {}),
+            "parameters": item_trace.as_scalars(body.get("parameters") or {}),
         }
         response = await self._post("/v2/models/{model_name}/infer", model, request, headers)
         outputs = [(o["name"], np.asarray(o["data"]).reshape(o["shape"])) for o in response.get("outputs", [])]
@@ -191,10 +214,14 @@ class V2Client(_HttpClient):
 class GrpcV2Client:
     _TRANSIENT = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL", "UNKNOWN")
 
-    def __init__(self, target: str, timeout_s: float, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self, target: str, timeout_s: float, tracer: trace.Tracer | None = None, api_key: SecretStr | None = None
+    ) -> None:
         import grpc
         from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
+        self._target = target
+        self._api_key = api_key
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._timeout_s = timeout_s
@@ -215,15 +242,17 @@ class GrpcV2Client:
         request = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
             name="text", datatype="BYTES", shape=[len(texts)],
             contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in texts]))])
-        for name, value in (body.get("parameters") or {}).items():
+        for name, value in item_trace.as_scalars(body.get("parameters") or {}).items():
             request.parameters[name].CopyFrom(_grpc_parameter(name, value))
         with client_span(self._tracer, f"{GRPC_SERVICE}/ModelInfer", self._attributes, headers) as (span, outgoing):
             try:
-                response = await self._stub.ModelInfer(request, timeout=self._timeout_s,
-                                                       metadata=tuple(outgoing.items()))
+                metadata = (*outgoing.items(), *bearer_headers(self._api_key).items())
+                response = await self._stub.ModelInfer(request, timeout=self._timeout_s, metadata=metadata)
             except grpc.aio.AioRpcError as err:
                 span.set_attribute(semconv.RPC_GRPC_STATUS, err.code().value[0])
                 code = err.code().name
+                if code == "UNAUTHENTICATED":
+                    raise Unauthorized(refused_message(self._target, code, self._api_key), status=code) from err
                 message = f"predictor answered {code}: {err.details()}"
                 if code in self._TRANSIENT:
                     trailers = dict(err.trailing_metadata() or ())
@@ -253,13 +282,15 @@ def _grpc_parameter(name: str, value: Any) -> Any:
 
 
 def make_client(
-    protocol: Protocol_, target: str, timeout_s: float = 60.0, tracer: trace.Tracer | None = None
+    protocol: Protocol_, target: str, timeout_s: float = 60.0, tracer: trace.Tracer | None = None,
+    api_key: SecretStr | None = None,
 ) -> PredictorClient:
-    """``target`` is a base URL for v1/v2 (``http://host:8080``) and ``host:port`` for gRPC."""
+    """``target`` is a base URL for v1/v2 (``http://host:8080``) and ``host:port`` for gRPC; ``api_key``
+    goes as ``Authorization: Bearer`` (gRPC ``authorization`` metadata) on every call."""
     if protocol == "v1":
-        return V1Client(target, timeout_s, tracer)
+        return V1Client(target, timeout_s, tracer, api_key)
     if protocol == "v2":
-        return V2Client(target, timeout_s, tracer)
+        return V2Client(target, timeout_s, tracer, api_key)
     if protocol == "grpc-v2":
-        return GrpcV2Client(target.removeprefix("grpc://"), timeout_s, tracer)
+        return GrpcV2Client(target.removeprefix("grpc://"), timeout_s, tracer, api_key)
     raise ValueError(f"protocol {protocol!r}: expected v1, v2 or grpc-v2")

@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from predictors.auth import AuthConfig
 from predictors.batcher import BatcherConfig
+from predictors.limits import RequestLimits
 from predictors.packaged import PACKAGED_MODELS
 
 Task = Literal["embed", "generate"]
@@ -37,12 +39,15 @@ class PredictorConfig(BaseModel):
     cache_dir: Path = Path.home() / ".cache" / "kzero"
     batcher: BatcherConfig = BatcherConfig()
     limits: LimitsConfig = LimitsConfig()
+    request_limits: RequestLimits = RequestLimits()
     load_wait_s: float = Field(default=30.0, ge=0.0, description="how long a request waits for a loading model")
     retry_after_s: int = Field(default=5, ge=1)
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=8081, ge=0, le=65535)
     enable_grpc: bool = True
     workers: int = Field(default=1, ge=1)
+    auth: AuthConfig = AuthConfig()
+    enable_model_repository: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictorConfig:

@@ -26,6 +26,14 @@ class ModelNotFound(NotFound):
         self.name = name
 
 
+class ModelUnloaded(NotFound):
+    """The model was unloaded through the repository API and not loaded again."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name!r} is unloaded; POST /v2/repository/models/{name}/load serves it again")
+        self.name = name
+
+
 class Unavailable(PredictorError):
     """The request cannot be served now but may succeed later (HTTP 503 + Retry-After)."""
 

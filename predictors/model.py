@@ -7,7 +7,6 @@ background on the model thread, and requests that arrive meanwhile wait up to ``
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,10 +18,12 @@ from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link
 
 from observability import semconv
 from observability.propagation import extract
+from predictors import item_trace
 from predictors.batcher import Batcher, BatcherClosed, BatcherConfig, QueueFull
 from predictors.errors import InvalidInput, NotReady, Overloaded, PredictorError, Unavailable
 from predictors.loading import LoadReport
@@ -39,11 +40,13 @@ Loader = Callable[[], tuple[TaskAdapter[Any, Any], LoadReport]]
 @dataclass(frozen=True)
 class Work:
     """One item in the batcher, with the span of the request it belongs to (its batch links to it
-    and writes the queue wait and batch size there) and when it was submitted (monotonic seconds)."""
+    and writes the queue wait and batch size there), when it was submitted (monotonic seconds) and,
+    when the request carried per-item trace context, the item's own span in its own trace."""
 
     item: Any
     span: trace.Span
     submitted: float
+    item_span: trace.Span | None = None
 
 
 class InferenceFailed(PredictorError, RuntimeError):
@@ -93,6 +96,7 @@ class BatchedModel(Model):
         return self.ready
 
     async def load_in_background(self) -> LoadReport:
+        self._gate.reset()  # a reload after ``unload``: requests wait for it again
         loop = asyncio.get_running_loop()
         try:
             self._task, self.report = await loop.run_in_executor(self._executor, self._loader)
@@ -116,6 +120,19 @@ class BatchedModel(Model):
         if not self.ready:
             await self._gate.wait()
 
+    async def unload(self) -> None:
+        """Free the weights (the repository API's unload): requests get 404 until a reload.
+
+        Items still queued fail with 503; the model thread stays for the reload.
+        """
+        self.ready = False
+        self._metrics.model_ready(self.name, False)
+        self._gate.unload()
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await batcher.close()
+        self._task = None
+
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.close()
@@ -133,17 +150,25 @@ class BatchedModel(Model):
         await self.wait_ready()
         task = self.task
         if isinstance(payload, InferRequest):
-            return task.to_v2(await self.infer_items(task.from_v2(payload), headers), payload)
-        if isinstance(payload, bytes | str):  # KServe passes non-JSON content types through raw
-            try:
-                payload = json.loads(payload)
-            except ValueError as err:
-                raise InvalidInput("body", f"not valid JSON: {err}") from err
-        chat = any(isinstance(i, Mapping) and "messages" in i for i in _instances(payload))
-        return task.to_v1(await self.infer_items(task.from_v1(payload), headers, "chat" if chat else None))
+            request, traced = item_trace.split_v2(payload)
+            # Validation tokenizes: off the event loop, so a huge request never stalls probes and other clients.
+            items = await asyncio.to_thread(task.from_v2, request)
+            parents = item_trace.contexts(traced, len(items))
+            return task.to_v2(await self.infer_items(items, headers, parents=parents), payload)
+        body, traced = item_trace.split_v1(payload)
+        chat = any(isinstance(i, Mapping) and "messages" in i for i in _instances(body))
+        items = await asyncio.to_thread(task.from_v1, body)
+        parents = item_trace.contexts(traced, len(items))
+        return task.to_v1(await self.infer_items(items, headers, "chat" if chat else None, parents=parents))
 
     def check_capacity(self, items: int) -> None:
-        """Shed a request whose items do not all fit in the queue, before any of them is queued."""
+        """Shed a request whose items do not all fit in the queue, before any of them is queued.
+
+        A request larger than the whole queue could never fit: that is the caller's error, not a 503.
+        """
+        if items > self._batcher_config.max_queue:
+            raise InvalidInput("instances", f"{items} items can never fit the queue of "
+                                            f"{self._batcher_config.max_queue}; send smaller requests")
         depth = self.queue_depth
         if items > self._batcher_config.max_queue - depth:
             raise Overloaded(f"model {self.name} is overloaded: {depth} requests queued", self._retry_after_s)
@@ -155,23 +180,29 @@ class BatchedModel(Model):
         return "embeddings" if isinstance(self._task, EmbedTask) else "text_completion"
 
     async def infer_items(
-        self, items: Sequence[Any], headers: Mapping[str, str] | None, operation: str | None = None
+        self, items: Sequence[Any], headers: Mapping[str, str] | None, operation: str | None = None,
+        *, parents: Sequence[Context] | None = None,
     ) -> list[Any]:
         """Run ``items`` of one request through the batcher; the first failure fails the request.
 
         The request's span is a child of the current (server) span, or else of the trace context in
-        ``headers`` when the model is called with no span around it.
+        ``headers`` when the model is called with no span around it. With ``parents`` (one per item,
+        from a batched caller's ``traceparents``) each item also gets an ``item`` span in its own trace.
         """
         await self.wait_ready()
         self.check_capacity(len(items))
         assert self._batcher is not None
         parent = None if trace.get_current_span().get_span_context().is_valid else extract(headers)
-        attributes = {semconv.KZERO_MODEL: self.name, semconv.KZERO_ITEMS: len(items),
-                      semconv.GEN_AI_REQUEST_MODEL: self.name, semconv.GEN_AI_OPERATION: self.operation(operation)}
+        model = {semconv.KZERO_MODEL: self.name, semconv.GEN_AI_REQUEST_MODEL: self.name,
+                 semconv.GEN_AI_OPERATION: self.operation(operation)}
+        attributes = {**model, semconv.KZERO_ITEMS: len(items)}
         with self._tracer.start_as_current_span(f"infer {self.name}", context=parent, attributes=attributes) as span:
             submitted = time.monotonic()
-            work = [Work(item, span, submitted) for item in items]
-            results = await asyncio.gather(*(self._batcher.submit(w) for w in work), return_exceptions=True)
+            item_spans: Sequence[trace.Span | None] = (
+                item_trace.start_item_spans(self._tracer, f"item {self.name}", parents, model) if parents
+                else [None] * len(items))
+            work = [Work(item, span, submitted, item_span) for item, item_span in zip(items, item_spans, strict=True)]
+            results = await asyncio.gather(*(self._submit(w) for w in work), return_exceptions=True)
             usage = [r for r in results if hasattr(r, "completion_tokens")]
             if usage:
                 span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, sum(getattr(r, "prompt_tokens", 0) for r in usage))
@@ -180,6 +211,23 @@ class BatchedModel(Model):
             if isinstance(result, BaseException):
                 raise self._translate(result)
         return list(results)
+
+    async def _submit(self, work: Work) -> Any:
+        """One item through the batcher; its item span (if any) ends with it, with its own usage."""
+        assert self._batcher is not None
+        if work.item_span is None:
+            return await self._batcher.submit(work)
+        try:
+            result = await self._batcher.submit(work)
+            if hasattr(result, "completion_tokens"):
+                work.item_span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, getattr(result, "prompt_tokens", 0))
+                work.item_span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, result.completion_tokens)
+            return result
+        except BaseException as err:
+            item_trace.item_failed(work.item_span, err)
+            raise
+        finally:
+            work.item_span.end()
 
     def _translate(self, err: BaseException) -> BaseException:
         if isinstance(err, PredictorError):
@@ -193,11 +241,9 @@ class BatchedModel(Model):
 
     async def _run_batch(self, works: Sequence[Work]) -> Sequence[Any]:
         started = time.monotonic()
-        for work in works:  # a request split over batches keeps the values of its last one
-            work.span.set_attribute(semconv.KZERO_QUEUE_WAIT_MS, round((started - work.submitted) * 1000, 3))
-            work.span.set_attribute(semconv.KZERO_BATCH_SIZE, len(works))
-        contexts = {id(w.span): w.span.get_span_context() for w in works}  # one link per request
-        links = [Link(c) for c in contexts.values() if c.is_valid]
+        # One link per request span and one per item span.
+        spans = {id(s): s for w in works for s in (w.span, w.item_span) if s is not None}
+        links = [Link(c) for s in spans.values() if (c := s.get_span_context()).is_valid]
         loop = asyncio.get_running_loop()
         engine = self.task.engine
         attributes = {semconv.KZERO_BATCH_SIZE: len(works), semconv.GEN_AI_REQUEST_MODEL: self.name,
@@ -205,6 +251,13 @@ class BatchedModel(Model):
         token = otel_context.attach(otel_context.Context())  # a batch is a root linked to its requests
         try:
             with self._tracer.start_as_current_span(f"batch {self.name}", links=links, attributes=attributes) as span:
+                batch_id = f"{span.get_span_context().span_id:016x}"
+                for work in works:  # a request split over batches keeps the values of its last one
+                    for s in (work.span, work.item_span):
+                        if s is not None:
+                            s.set_attributes({
+                                semconv.KZERO_QUEUE_WAIT_MS: round((started - work.submitted) * 1000, 3),
+                                semconv.KZERO_BATCH_SIZE: len(works), semconv.KZERO_BATCH_ID: batch_id})
                 outputs = await loop.run_in_executor(self._executor, engine.run_batch, [w.item for w in works])
                 tokens = sum(getattr(out, "completion_tokens", 0) for out in outputs)
                 if tokens:

@@ -7,11 +7,14 @@ from typing import Protocol
 
 from kserve.protocol.infer_type import InferRequest
 
-from predictors.errors import NotReady, Unavailable
+from predictors.errors import ModelUnloaded, NotReady, Unavailable
 
 
 class LoadGate:
-    """Set once when loading ends (well or not); ``wait`` holds callers until then or the deadline."""
+    """Set when loading ends (well or not); ``wait`` holds callers until then or the deadline.
+
+    After ``unload`` callers fail at once (404) instead of waiting, until ``reset`` starts a reload.
+    """
 
     def __init__(self, name: str, wait_s: float, retry_after_s: int) -> None:
         self._name = name
@@ -19,6 +22,7 @@ class LoadGate:
         self.retry_after_s = retry_after_s
         self._done = asyncio.Event()
         self._error: BaseException | None = None
+        self._unloaded = False
 
     @property
     def is_open(self) -> bool:
@@ -31,7 +35,20 @@ class LoadGate:
         self._error = error
         self._done.set()
 
+    def unload(self) -> None:
+        self._unloaded = True
+        self._done = asyncio.Event()
+
+    def reset(self) -> None:
+        """Loading starts (again); callers already waiting for a first load keep waiting."""
+        if self._done.is_set():
+            self._done = asyncio.Event()
+        self._error = None
+        self._unloaded = False
+
     async def wait(self) -> None:
+        if self._unloaded:
+            raise ModelUnloaded(self._name)
         if not self._done.is_set():
             try:
                 await asyncio.wait_for(self._done.wait(), self._wait_s)

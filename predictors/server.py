@@ -23,25 +23,30 @@ from fastapi.responses import JSONResponse
 from grpc import StatusCode, aio
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import ModelNotReady, ServerNotReady
+from kserve.errors import ModelNotReady, ServerNotLive, ServerNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
-from kserve.protocol.rest.v1_endpoints import V1Endpoints
 from opentelemetry import trace
 
 from observability.logs import LogConfig, setup_logging
 from observability.telemetry import Telemetry
-from predictors.cloudevents_http import cloudevents_router
+from predictors.access import GrpcAccess, HttpAccess, describe
+from predictors.auth import ApiKeys
+from predictors.cloudevents_http import cloudevents_router, kserve_v1
 from predictors.errors import InvalidInput, NotFound, Overloaded, PredictorError, Unavailable
+from predictors.http_protocol import guarded_http_protocol
+from predictors.limits import RequestGuard, RequestLimits
 from predictors.metrics import PredictorMetrics
 from predictors.model import BatchedModel
 from predictors.openai_api import openai_router
 from predictors.readiness import ServedModel
+from predictors.repository import SingleModelRepository
 from predictors.server_spans import GrpcServerSpans, HttpServerSpans, is_inference
+from predictors.v2_wire import v2_infer_router
 from predictors.validation import field_path
 
 log = logging.getLogger(__name__)
@@ -79,15 +84,32 @@ def grpc_status(err: PredictorError) -> StatusCode:
 
 def _drop_not_ready_tracebacks(record: logging.LogRecord) -> bool:
     """A 503 from /v2/health/ready while the model loads is expected; KServe logs a traceback for each."""
-    return not (record.exc_info and isinstance(record.exc_info[1], ServerNotReady | ModelNotReady))
+    return not (record.exc_info and isinstance(record.exc_info[1], ServerNotReady | ModelNotReady | ServerNotLive))
+
+
+class NotLive(ServerNotLive):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = str(self)  # what KServe's gRPC error mapping reads
 
 
 class ReadinessDataPlane(DataPlane):
-    """Server readiness is the readiness of its models, for REST and gRPC alike."""
+    """Server readiness is the readiness of its models, for REST and gRPC alike; liveness is lost
+    for good when a model cannot be loaded again (``mark_not_live``), so Kubernetes restarts the pod."""
+
+    not_live_reason: str | None = None
 
     async def ready(self) -> bool:
         models = self.model_registry.get_models().values()
         return bool(models) and all(m.ready for m in models)
+
+    async def live(self) -> dict[str, str]:  # type: ignore[override]
+        if self.not_live_reason is not None:
+            raise NotLive(self.not_live_reason)
+        return await DataPlane.live()
+
+    def mark_not_live(self, reason: str) -> None:
+        self.not_live_reason = reason
 
 
 class PredictorErrorsInterceptor(ExceptionToStatusInterceptor):
@@ -102,15 +124,17 @@ class PredictorErrorsInterceptor(ExceptionToStatusInterceptor):
 class PredictorGRPCServer(GRPCServer):
     """KServe's gRPC server with kzero's error mapping in place of KServe's, and a span per call."""
 
-    def __init__(self, *args: Any, tracer: trace.Tracer, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tracer: trace.Tracer, access: GrpcAccess, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._tracer = tracer
+        self._access = access
 
     async def start(self, max_workers: int) -> None:
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            # The span interceptor is outermost: it sees the status the error mapping aborted with.
-            interceptors=(GrpcServerSpans(self._tracer), PredictorErrorsInterceptor()),
+            # Access first: a refused call holds nothing. The span interceptor then sees the status the
+            # error mapping aborted with.
+            interceptors=(self._access, GrpcServerSpans(self._tracer), PredictorErrorsInterceptor()),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                 ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
@@ -133,7 +157,7 @@ def install_http(
     """Routes, error handlers and middleware added to KServe's app before it starts.
 
     Routes added here come before KServe's and so win for the same path (e.g. CloudEvents on the
-    v1 predict route; other v1 requests are handed on to KServe's handler).
+    v1 predict route; other v1 requests are parsed there and handed on to KServe's handling).
     """
 
     async def predictor_error(_: Request, err: Exception) -> Response:
@@ -171,12 +195,12 @@ def install_http(
         native["tracing"] = False
 
     async def _gate(request: Request) -> Response | None:
-        """Hold inference requests while the model loads; 503 + Retry-After past the deadline."""
+        """Hold inference requests while the model loads; 503 + Retry-After past the deadline (404 if unloaded)."""
         if model.ready or not is_inference(request.method, request.url.path):
             return None
         try:
             await model.wait_ready()
-        except Unavailable as err:
+        except (Unavailable, NotFound) as err:
             return error_response(err)
         return None
 
@@ -184,8 +208,11 @@ def install_http(
 RoutersFor = Callable[[DataPlane], list[APIRouter]]
 
 
-def predictor_routers(model: BatchedModel, tracer: trace.Tracer | None = None) -> RoutersFor:
-    return lambda dataplane: [openai_router(model), cloudevents_router(model, V1Endpoints(dataplane).predict, tracer)]
+def predictor_routers(
+    model: BatchedModel, tracer: trace.Tracer | None = None, limits: RequestLimits | None = None
+) -> RoutersFor:
+    return lambda dataplane: [openai_router(model),
+                              cloudevents_router(model, kserve_v1(dataplane), tracer, limits)]
 
 
 class KzeroServer(ModelServer):
@@ -194,7 +221,8 @@ class KzeroServer(ModelServer):
     def __init__(
         self, model: ServedModel, metrics: PredictorMetrics, routers: RoutersFor, *,
         http_port: int, grpc_port: int, enable_grpc: bool = True, tracer: trace.Tracer | None = None,
-        log_config: LogConfig | None = None,
+        log_config: LogConfig | None = None, api_keys: ApiKeys | None = None, enable_model_repository: bool = False,
+        request_limits: RequestLimits | None = None,
     ) -> None:
         super().__init__(
             http_port=http_port,
@@ -206,9 +234,15 @@ class KzeroServer(ModelServer):
         )
         self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
         self.model = model
+        # Ours in place of KServe's (which cannot load a model back); off unless enabled.
+        self.model_repository_extension = SingleModelRepository(  # type: ignore[assignment]
+            model, enabled=enable_model_repository, not_live=self.dataplane.mark_not_live)  # type: ignore[arg-type]
+        self._api_keys = api_keys
+        self._enable_model_repository = enable_model_repository
         self.metrics = metrics
         self._routers = routers
         self._tracer = tracer or trace.get_tracer(__name__)
+        self._request_limits = request_limits or RequestLimits()
         # KServe configures its loggers in ModelServer.__init__; adopt and quieten them only now.
         if log_config is not None:
             setup_logging(log_config, adopt=ADOPTED_LOGGERS)
@@ -218,7 +252,14 @@ class KzeroServer(ModelServer):
     def start(self, models: list[Any] | None = None) -> None:
         from kserve.model_server import app
 
-        install_http(app, self.model, self.metrics, self._routers(self.dataplane), self._tracer)
+        # First, so innermost: metrics and spans see its 413/415/500, and it sees every route's exception.
+        app.add_middleware(RequestGuard, max_request_bytes=self._request_limits.max_request_bytes)
+        # Triton's body rules on the v2 infer route come before KServe's, for predictor and transformer.
+        routers = [v2_infer_router(self.dataplane), *self._routers(self.dataplane)]
+        install_http(app, self.model, self.metrics, routers, self._tracer)
+        # Added last, so outermost: a refused request reads no body and waits for no model.
+        app.add_middleware(HttpAccess, keys=self._api_keys, repository_enabled=self._enable_model_repository)
+        log.info("%s", describe(self._api_keys, self._enable_model_repository))
         self.register_model(self.model)  # type: ignore[arg-type]
         self.servers.append(self.model.load_in_background())
         self._rest_server = RESTServer(
@@ -229,15 +270,18 @@ class KzeroServer(ModelServer):
             grace_period=self.grace_period,
             timeout_keep_alive=self.timeout_keep_alive,
         )
+        self._rest_server.config.http = guarded_http_protocol(self._request_limits)  # header deadline and size
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
             self._grpc_server = PredictorGRPCServer(
                 self.grpc_port,
                 self.dataplane,
                 self.model_repository_extension,
-                kwargs={"grpc_max_send_message_length": 64 << 20, "grpc_max_receive_message_length": 64 << 20},
+                kwargs={"grpc_max_send_message_length": 64 << 20,
+                        "grpc_max_receive_message_length": self._request_limits.max_request_bytes},
                 grace_period=self.grace_period,
                 tracer=self._tracer,
+                access=GrpcAccess(self._api_keys, self._enable_model_repository),
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()

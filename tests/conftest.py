@@ -9,6 +9,7 @@ import pytest
 
 from predictors.launch import PredictorProcess
 from tests.kafka_fixture import kafka_bootstrap  # noqa: F401
+from tests.keyed import KEYS
 from tests.otlp_receiver import OtlpReceiver
 from tests.transformers_pre.conftest import seed, transformer_process
 
@@ -61,6 +62,15 @@ def embed_server(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpRe
 
 
 @pytest.fixture(scope="session")
+def keyed_embed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PredictorProcess]:
+    """The packaged embedder requiring one of ``tests.keyed.KEYS`` (from ``KZERO_API_KEYS``)."""
+    args = ["--task", "embed", "--model_id", "all-minilm-l6-v2", "--max_batch_latency_ms", "5"]
+    server = start_predictor(tmp_path_factory, "minilm", args, env={"KZERO_API_KEYS": ",".join(KEYS)})
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.fixture(scope="session")
 def generate_server(
     tmp_path_factory: pytest.TempPathFactory, model_cache: Path, otlp_receiver: OtlpReceiver
 ) -> Iterator[PredictorProcess]:
@@ -94,7 +104,8 @@ def rag_server(
     """Between the session's embed and generate predictors, so one request crosses every hop."""
     embedder = f"{embed_server.url}#{embed_server.model_name}"
     server = transformer_process(tmp_path_factory, rag_db, f"127.0.0.1:{generate_server.http_port}",
-                                 "--embedder", embedder, env=otlp_receiver.env())
+                                 "--embedder", embedder, "--filter_fields", "doc_id,source,title,topic",
+                                 env=otlp_receiver.env())
     try:
         server.wait_ready()
         yield server
