@@ -271,6 +271,17 @@ class KnativeRoute(_Model):
     timeout: IsoDuration = "PT300S"
 
 
+class Auth(_Model):
+    """API keys for the predictor and transformer, from a Secret you create; the manifests only reference it.
+
+    Its key ``api-keys`` (comma-separated) becomes the servers' ``KZERO_API_KEYS``; its key
+    ``client-key`` (one of those keys) becomes ``KZERO_PREDICTOR_API_KEY`` of the clients: the
+    transformer calling its predictor and the worker calling the service.
+    """
+
+    api_keys_secret: Name | None = Field(default=None, description="keys: api-keys, client-key; None: no API keys")
+
+
 class Network(_Model):
     serving_namespace: Name = "knative-serving"
     ingress_namespace: Name = Field(default="kourier-system", description="istio-system with Istio")
@@ -304,6 +315,7 @@ class DeployConfig(_Model):
     milvus: Milvus = Milvus()
     telemetry: Telemetry = Telemetry()
     network: Network = Network()
+    auth: Auth = Auth()
 
     @model_validator(mode="after")
     def _consistent(self) -> DeployConfig:

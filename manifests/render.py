@@ -41,15 +41,18 @@ def _component_files(config: DeployConfig) -> dict[str, list[File]]:
               scaled_object(config), worker_policy(config)]
     if (auth := trigger_authentication(config)) is not None:
         worker.insert(2, auth)
+    route_why = ("KafkaSource -> Kafka Broker -> Trigger -> InferenceService; replies -> KafkaSink.\n"
+                 "The source feeds the Broker, not the service: KafkaSources drop replies.")
+    if config.auth.api_keys_secret is not None:
+        route_why += ("\nWith API keys the service refuses these deliveries: a Trigger cannot send a key "
+                      "(docs/deploy.md, API keys).")
     return {
         "kafka-topics": [File("kafka-topics.yaml", kafka_topics(config),
                               "Strimzi KafkaTopics, in the namespace its topic operator watches.")],
         "worker": [File("worker.yaml", worker,
                         "The eventing worker, scaled from zero on consumer lag by KEDA. No probes: it serves no port;\n"
                         "Kafka evicts a worker that stops polling, and a crashed one exits and is restarted.")],
-        "knative-route": [File("knative-route.yaml", knative_route(config),
-                               "KafkaSource -> Kafka Broker -> Trigger -> InferenceService; replies -> KafkaSink.\n"
-                               "The source feeds the Broker, not the service: KafkaSources drop replies.")],
+        "knative-route": [File("knative-route.yaml", knative_route(config), route_why)],
     }
 
 

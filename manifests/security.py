@@ -38,6 +38,28 @@ def container_security() -> Doc:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+# -- API keys --------------------------------------------------------------------------------------
+
+# The servers' and clients' contract (DESIGN.md, security conventions): the keys a server accepts,
+# and the one key a client sends to a predictor or transformer.
+SERVER_KEYS_ENV = "KZERO_API_KEYS"
+CLIENT_KEY_ENV = "KZERO_PREDICTOR_API_KEY"
+SERVER_KEYS_KEY, CLIENT_KEY_KEY = "api-keys", "client-key"  # the keys of the Secret ``auth.api_keys_secret``
+
+
+def api_key_env(config: DeployConfig, *, server: bool, client: bool) -> list[Doc]:
+    """Env referring to the API-key Secret (never a value); none when ``auth.api_keys_secret`` is unset.
+
+    Not optional: a pod whose Secret is missing does not start, rather than serving without keys.
+    """
+    secret = config.auth.api_keys_secret
+    if secret is None:
+        return []
+    wanted = [(SERVER_KEYS_ENV, SERVER_KEYS_KEY, server), (CLIENT_KEY_ENV, CLIENT_KEY_KEY, client)]
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+            for name, key, used in wanted if used]
+
+
 # -- NetworkPolicies -------------------------------------------------------------------------------
 
 def _namespace(name: str) -> Doc:

@@ -8,7 +8,7 @@ The base is accelerator-neutral; ``profile_patch`` is the JSON patch the cpu and
 from __future__ import annotations
 
 from manifests.config import DeployConfig, Profile
-from manifests.security import container_security, pod_security, serving_account
+from manifests.security import api_key_env, container_security, pod_security, serving_account
 from manifests.settings import (
     CACHE_MOUNT,
     GRPC_PORT,
@@ -77,7 +77,7 @@ def probes() -> Doc:
     return {
         # Covers the imports before the port listens (torch on a cold node), then hands over to liveness.
         "startupProbe": {**get(LIVE), "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 300},
-        # periodSeconds 0 (unset) is Knative's aggressive probe: the queue-proxy retries every 25 ms
+        # periodSeconds 0 (unset) is Knative's aggressive probe: the queue-proxy retries every 50 ms
         # with its own 100 ms timeout, so a scaled-from-zero replica takes traffic the moment the model
         # is warm. Knative then refuses timeoutSeconds and failureThreshold (they belong to periodic
         # probing), so neither is set.
@@ -123,7 +123,8 @@ def _predictor(config: DeployConfig) -> Doc:
     p = config.predictor
     tmp, tmp_mount = tmp_volume()
     cache, cache_mount = cache_volume(config)
-    env = [*common_env(cache=True), *telemetry_env(config, f"kzero-predictor-{p.model_name}")]
+    env = [*common_env(cache=True), *telemetry_env(config, f"kzero-predictor-{p.model_name}"),
+           *api_key_env(config, server=True, client=False)]
     if p.storage_uri is not None:
         env.append({"name": "STORAGE_URI", "value": p.storage_uri})  # KServe mounts it at /mnt/models
     container = _container(config, "predictors", predictor_args(config), env, [cache_mount, tmp_mount])
@@ -144,7 +145,8 @@ def _transformer(config: DeployConfig) -> Doc:
     cache = {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}}
     cache_mount = {"name": "cache", "mountPath": CACHE_MOUNT}
     env = [*common_env(cache=True), setting_env(config, "MILVUS_URI"),
-           *telemetry_env(config, f"kzero-transformer-{t.model_name}")]
+           *telemetry_env(config, f"kzero-transformer-{t.model_name}"),
+           *api_key_env(config, server=True, client=True)]  # it calls its predictor with the client key
     container = {**_container(config, "transformers_pre", transformer_args(config), env, [cache_mount, tmp_mount]),
                  "resources": t.resources.to_k8s()}
     # No containerConcurrency: KServe would append `--workers <it>` to a custom transformer's args.

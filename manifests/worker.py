@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from manifests.config import DeployConfig
 from manifests.kafka import KEDA_SASL, SASL_MECHANISMS, TLS_MOUNT, secret_key, security_protocol
-from manifests.security import container_security, pod_security, worker_account
+from manifests.security import api_key_env, container_security, pod_security, worker_account
 from manifests.settings import Doc, common_env, labels, metadata, selector, setting_env, telemetry_env, tmp_volume
 
 COMPONENT = "worker"
@@ -54,7 +54,7 @@ def worker_deployment(config: DeployConfig) -> Doc:
     tmp, tmp_mount = tmp_volume()
     auth_env, auth_volumes, auth_mounts = _auth_env(config)
     env = [setting_env(config, "KAFKA_BOOTSTRAP_SERVERS"), *common_env(cache=False), *auth_env,
-           *telemetry_env(config, "kzero-worker")]
+           *telemetry_env(config, "kzero-worker"), *api_key_env(config, server=False, client=True)]
     container = {
         "name": COMPONENT, "image": config.image, "imagePullPolicy": config.image_pull_policy,
         "command": ["python", "-m", "eventing"], "args": worker_args(config), "env": env,

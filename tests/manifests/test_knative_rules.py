@@ -35,6 +35,10 @@ def _variants() -> dict[str, DeployConfig]:
     configs = {p.stem: example(p.stem) for p in EXAMPLES}
     for name, config in list(configs.items()):
         raw = config.model_dump()
+        raw["auth"] = {"api_keys_secret": "kzero-api-keys"}
+        raw["kafka"]["auth"] = {"mechanism": "scram-sha-512", "tls": True, "secret": "kafka-credentials"}
+        configs[f"{name}+auth"] = DeployConfig.model_validate(raw)
+        raw = config.model_dump()
         raw["cache"] = {"volume": "pvc", "size": "10Gi"}
         raw["predictor"] |= {"storage_uri": "pvc://models/m", "model_id": None}
         configs[f"{name}+pvc"] = DeployConfig.model_validate(raw)

@@ -30,8 +30,13 @@ def with_kafka_auth(config: DeployConfig) -> DeployConfig:
     return DeployConfig.model_validate(raw)
 
 
+def with_api_keys(config: DeployConfig) -> DeployConfig:
+    return DeployConfig.model_validate({**config.model_dump(), "auth": {"api_keys_secret": "kzero-api-keys"}})
+
+
 CONFIGS = {p.stem: example(p.stem) for p in EXAMPLES}
 CONFIGS |= {f"{name}+sasl-tls": with_kafka_auth(c) for name, c in list(CONFIGS.items())}
+CONFIGS |= {f"{name}+api-keys": with_api_keys(c) for name, c in list(CONFIGS.items()) if "+" not in name}
 
 def _distinct() -> list[tuple[str, dict[str, Any]]]:
     """Each distinct document once (the overlays share most of theirs), named by where it first appears."""
