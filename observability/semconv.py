@@ -48,6 +48,7 @@ GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 KZERO_MODEL = "kzero.model"
 KZERO_ITEMS = "kzero.items"
 KZERO_BATCH_SIZE = "kzero.batch_size"
+KZERO_BATCH_ID = "kzero.batch_id"  # the span id of the predictor's batch span
 KZERO_QUEUE_WAIT_MS = "kzero.queue_wait_ms"
 KZERO_JOB_ID = "kzero.job_id"
 KZERO_REQUEST_ID = "kzero.request_id"

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from predictors import item_trace
 from predictors.client import PermanentCallError, TransientCallError
 from predictors.config import PredictorConfig
 from predictors.errors import InvalidInput
@@ -26,7 +27,8 @@ class InProcessClient:
 
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         try:
-            items = self._task.from_v1(body)
+            # Per-item trace context is for servers; here the caller's span is already current.
+            items = self._task.from_v1(item_trace.split_v1(body)[0])
         except InvalidInput as err:
             raise PermanentCallError(str(err), status=400) from err
         loop = asyncio.get_running_loop()
