@@ -1,11 +1,17 @@
-"""Micro-batching across events: requests with equal parameters become one predictor call."""
+"""Micro-batching across events: requests with equal parameters become one predictor call.
+
+Each instance of a merged call carries its own request's trace context in ``parameters.traceparents``
+(``predictors.item_trace``); the worker owns those parameters, so any in an event's data are ignored.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from predictors import item_trace
 
 
 @dataclass(frozen=True)
@@ -17,8 +23,12 @@ class Call:
     counts: tuple[int, ...]  # instances contributed by each member
 
 
+def _parameters(data: dict[str, Any]) -> Any:
+    return item_trace.split(data.get("parameters"))[0]
+
+
 def _parameters_key(data: dict[str, Any]) -> str:
-    return json.dumps(data.get("parameters") or {}, sort_keys=True)
+    return json.dumps(_parameters(data) or {}, sort_keys=True)
 
 
 def plan(requests: Sequence[dict[str, Any]], max_instances: int) -> list[Call]:
@@ -48,10 +58,20 @@ def plan(requests: Sequence[dict[str, Any]], max_instances: int) -> list[Call]:
 def _call(requests: Sequence[dict[str, Any]], members: list[int]) -> Call:
     instances = [instance for i in members for instance in requests[i]["instances"]]
     body: dict[str, Any] = {"instances": instances}
-    parameters = requests[members[0]].get("parameters")
+    parameters = _parameters(requests[members[0]])
     if parameters:
         body["parameters"] = parameters
     return Call(body, tuple(members), tuple(len(requests[i]["instances"]) for i in members))
+
+
+def traced_body(call: Call, carriers: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """``call.body`` with each instance's trace context: member i's ``carriers[i]`` for each of its
+    instances (unchanged when no member has a context)."""
+    per_instance = [carrier for carrier, count in zip(carriers, call.counts, strict=True) for _ in range(count)]
+    traced = item_trace.encode(per_instance)
+    if not traced:
+        return call.body
+    return {**call.body, "parameters": {**call.body.get("parameters", {}), **traced}}
 
 
 def split(call: Call, response: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,11 +15,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 
-from eventing.calls import Call, plan, split
+from eventing.calls import Call, plan, split, traced_body
 from eventing.events import Event, validate_request
 from observability import propagation
 from observability import semconv as sc
-from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError
+from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
 from predictors.retry import RetryPolicy, call_with_retries
 
 
@@ -44,6 +44,7 @@ INVALID_REQUEST = "invalid-request"
 REJECTED = "rejected"
 UNAVAILABLE = "unavailable"
 BAD_RESPONSE = "bad-response"
+UNAUTHORIZED = "unauthorized"  # the predictor refused the worker's API key (KZERO_PREDICTOR_API_KEY)
 
 
 class EventHandler(Protocol):
@@ -64,9 +65,11 @@ class EventHandler(Protocol):
 class Processor:
     """Turns request bodies into one outcome each; a permanent failure is isolated to its request.
 
-    Each predictor call runs inside a ``predict {model}`` span, a child of the first request it
-    serves and linked to the others, so the client's spans (one per attempt) join that trace; retries
-    show as span events and the attempts as ``kzero.attempt``.
+    Each request of a predictor call gets a ``predict {model}`` span in its own trace (retries as
+    span events, the attempts as ``kzero.attempt``). The first request's span is current during the
+    call, so the client's spans (one per attempt) and the server's request span join that trace; it
+    links to the other requests, whose spans link back to it. Every instance's trace context goes in
+    ``parameters.traceparents``, so the server continues each request's own trace per item.
     """
 
     emits_results = True
@@ -100,6 +103,10 @@ class Processor:
     ) -> None:
         try:
             response, attempts = await self._call(call, headers)
+        except Unauthorized as err:  # no member can pass: none is tried alone
+            for member in call.members:
+                outcomes[member] = Failure(UNAUTHORIZED, str(err), err.attempts)
+            return
         except PermanentCallError as err:
             if len(call.members) == 1:
                 outcomes[call.members[0]] = Failure(REJECTED, str(err), err.attempts)
@@ -122,33 +129,44 @@ class Processor:
             outcomes[member] = Success(part, attempts)
 
     async def _call(self, call: Call, headers: Sequence[Mapping[str, str]] | None) -> tuple[dict[str, Any], int]:
-        contexts = ([propagation.extract(headers[m]) for m in call.members] if headers
-                    else [otel_context.get_current()])
-        links = [Link(context) for c in contexts[1:]
-                 if (context := trace.get_current_span(c).get_span_context()).is_valid]
+        # Without per-request headers: one span in the current trace, and no per-item context.
+        parents = ([propagation.extract(headers[m]) for m in call.members] if headers
+                   else [otel_context.get_current()])
         attributes = {sc.KZERO_MODEL: self._model, sc.KZERO_BATCH_SIZE: len(call.members),
                       sc.KZERO_ITEMS: sum(call.counts)}
-        with self._tracer.start_as_current_span(
-            f"predict {self._model}", context=contexts[0], links=links, attributes=attributes,
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            try:
-                # inject() runs per attempt, inside this span: the headers carry its context.
+        name = f"predict {self._model}"
+        others = [Link(context) for p in parents[1:]
+                  if (context := trace.get_current_span(p).get_span_context()).is_valid]
+        lead = self._tracer.start_span(name, context=parents[0], links=others, attributes=attributes)
+        back = [Link(lead.get_span_context())] if lead.get_span_context().is_valid else []
+        spans = [lead, *(self._tracer.start_span(name, context=p, links=back, attributes=attributes)
+                         for p in parents[1:])]
+        carriers = [propagation.inject(trace.set_span_in_context(s)) for s in spans]
+        body = traced_body(call, carriers) if headers else call.body
+        try:
+            with trace.use_span(lead, record_exception=False, set_status_on_exception=False):
+                # inject() runs per attempt, inside the lead span: the headers carry its context.
                 response, attempts = await call_with_retries(
-                    lambda: self._client.predict(self._model, call.body, propagation.inject()), self._policy,
-                    on_retry=self._retried,
+                    lambda: self._client.predict(self._model, body, propagation.inject()), self._policy,
+                    on_retry=lambda attempt, error: self._retried(spans, attempt, error),
                 )
-            except CallFailed as err:
-                span.set_attribute(sc.KZERO_ATTEMPT, err.attempts)
-                kind = str(err.status or type(err).__name__)
-                span.set_attribute(sc.ERROR_TYPE, kind)
+        except CallFailed as err:
+            kind = str(err.status or type(err).__name__)
+            for span in spans:
+                span.set_attributes({sc.KZERO_ATTEMPT: err.attempts, sc.ERROR_TYPE: kind})
                 span.set_status(Status(StatusCode.ERROR, kind))
-                raise
-            span.set_attribute(sc.KZERO_ATTEMPT, attempts)
+            raise
+        else:
+            for span in spans:
+                span.set_attribute(sc.KZERO_ATTEMPT, attempts)
             return response, attempts
+        finally:
+            for span in spans:
+                span.end()
 
-    def _retried(self, attempt: int, error: TransientCallError) -> None:
-        trace.get_current_span().add_event(
-            "retry", {sc.KZERO_ATTEMPT: attempt, sc.ERROR_TYPE: str(error.status or type(error).__name__)})
+    def _retried(self, spans: Sequence[trace.Span], attempt: int, error: TransientCallError) -> None:
+        attributes = {sc.KZERO_ATTEMPT: attempt, sc.ERROR_TYPE: str(error.status or type(error).__name__)}
+        for span in spans:
+            span.add_event("retry", attributes)
         if self._on_retry is not None:
             self._on_retry(attempt, error)

@@ -20,9 +20,11 @@ class FakePredictor:
         self.calls: list[list[Any]] = []
         self.down = down
         self.headers: list[Mapping[str, str] | None] = []
+        self.parameters: list[Any] = []
 
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         self.calls.append(list(body["instances"]))
+        self.parameters.append(body.get("parameters"))
         self.headers.append(headers)
         if self.down:
             self.down -= 1
@@ -56,24 +58,37 @@ async def test_one_call_for_the_batch_and_each_request_gets_its_slice() -> None:
     )
     assert outcomes == [Success({"predictions": ["A", "B"]}, 1), Success({"predictions": ["C"]}, 1)]
     assert predictor.calls == [["a", "b", "c"]]
-    assert predictor.headers == [{"traceparent": FIRST}]  # no recording tracer: the context still flows
+    # no recording tracer: the contexts still flow, the call's in its headers and each instance's in
+    # its parameters (a request without one gets null: the server starts a trace for it)
+    assert predictor.headers == [{"traceparent": FIRST}]
+    assert predictor.parameters == [{"traceparents": [FIRST, FIRST, None]}]
 
 
-async def test_a_merged_call_runs_under_a_span_of_the_first_request_linked_to_the_others() -> None:
+def traceparent(span: Any) -> str:
+    return f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+
+
+async def test_a_merged_call_has_a_span_in_each_request_trace_and_sends_each_instance_context() -> None:
     provider, exporter = recording()
     predictor = FakePredictor(down=1)
     await Processor(predictor, "m", FAST, 64, tracer=provider.get_tracer("t")).process(
-        [{"instances": ["a"]}, {"instances": ["b"]}], [{"traceparent": FIRST}, {"traceparent": SECOND}]
+        [{"instances": ["a"], "parameters": {"traceparents": ["forged"]}}, {"instances": ["b", "c"]}],
+        [{"traceparent": FIRST}, {"traceparent": SECOND}],
     )
-    [span] = exporter.get_finished_spans()
-    assert span.name == "predict m"
-    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
-    assert span.parent.span_id == 0xB7AD6B7169203331
-    assert [f"{link.context.trace_id:032x}" for link in span.links] == ["1" * 32]
-    assert span.attributes["kzero.attempt"] == 2 and span.attributes["kzero.batch_size"] == 2
-    assert [event.name for event in span.events] == ["retry"]
-    # every attempt carries the call span's context, for the client's span to join the trace
-    assert predictor.headers == [{"traceparent": f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"}] * 2
+    lead, other = sorted(exporter.get_finished_spans(), key=lambda s: s.context.trace_id)
+    assert lead.name == other.name == "predict m"
+    assert f"{lead.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert lead.parent.span_id == 0xB7AD6B7169203331
+    assert f"{other.context.trace_id:032x}" == "1" * 32 and other.parent.span_id == 0x2222222222222222
+    assert [link.context.span_id for link in lead.links] == [0x2222222222222222]
+    assert [link.context.span_id for link in other.links] == [lead.context.span_id]
+    for span in (lead, other):
+        assert span.attributes["kzero.attempt"] == 2 and span.attributes["kzero.batch_size"] == 2
+        assert span.attributes["kzero.items"] == 3 and [event.name for event in span.events] == ["retry"]
+    # every attempt carries the lead span's context, for the client's span to join that trace; each
+    # instance carries its own request's span (the worker's, not one forged in the event data)
+    assert predictor.headers == [{"traceparent": traceparent(lead)}] * 2
+    assert predictor.parameters == [{"traceparents": [traceparent(lead), traceparent(other), traceparent(other)]}] * 2
 
 
 async def test_a_rejected_request_fails_alone() -> None:
@@ -101,5 +116,20 @@ async def test_exhausted_retries_fail_every_request_of_the_call_with_attempts() 
         [{"instances": ["a"]}, {"instances": ["b"]}])
     assert outcomes == [Failure(UNAVAILABLE, "connection refused", 3)] * 2
     assert retried == [1, 2]
-    [span] = exporter.get_finished_spans()
-    assert span.status.status_code == StatusCode.ERROR and span.attributes["kzero.attempt"] == 3
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 1, "without per-request headers: one span, in the current trace"
+    assert spans[0].status.status_code == StatusCode.ERROR and spans[0].attributes["kzero.attempt"] == 3
+
+
+async def test_a_failed_merged_call_fails_the_span_in_every_request_trace() -> None:
+    provider, exporter = recording()
+    await Processor(FakePredictor(), "m", FAST, 64, tracer=provider.get_tracer("t")).process(
+        [{"instances": ["a"]}, {"instances": ["bad"]}], [{"traceparent": FIRST}, {"traceparent": SECOND}])
+    spans = exporter.get_finished_spans()
+    merged = [s for s in spans if s.attributes["kzero.batch_size"] == 2]
+    alone = [s for s in spans if s.attributes["kzero.batch_size"] == 1]
+    assert len(merged) == 2 and all(s.status.status_code == StatusCode.ERROR for s in merged)
+    assert {s.attributes["error.type"] for s in merged} == {"400"}
+    # each request is retried alone, in its own trace: only the bad one fails again
+    assert sorted((s.context.trace_id, s.status.status_code) for s in alone) == [
+        (0x0AF7651916CD43DD8448EB211C80319C, StatusCode.UNSET), (int("1" * 32, 16), StatusCode.ERROR)]
