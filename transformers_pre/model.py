@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from opentelemetry import trace
+from opentelemetry.context import Context
 
+from observability import semconv
+from predictors import item_trace
 from predictors.errors import InvalidInput
 from predictors.readiness import LoadGate
 from predictors.validation import parse_model, v1_instances, v2_texts
@@ -63,10 +66,25 @@ class RagModel(Model):
             raw = {"question": raw}
         return RagContext(parse_model(RagInstance, raw, field), field, dict(headers or {}))
 
-    async def answer(self, contexts: list[RagContext]) -> list[RagContext]:
+    async def answer(self, contexts: list[RagContext], parents: Sequence[Context] | None = None) -> list[RagContext]:
+        """Run the chain for each question; with ``parents`` (a batched caller's ``traceparents``) each
+        chain runs in an ``item`` span in its question's own trace, and its predictor calls continue it."""
         await self.wait_ready()
         assert self.chain is not None
-        return list(await asyncio.gather(*(self.chain.run(ctx) for ctx in contexts)))
+        if parents is None:
+            return list(await asyncio.gather(*(self.chain.run(ctx) for ctx in contexts)))
+        attributes = {semconv.KZERO_MODEL: self.name}
+        spans = item_trace.start_item_spans(self._tracer, f"item {self.name}", parents, attributes)
+        return list(await asyncio.gather(*(self._run_in(s, ctx) for s, ctx in zip(spans, contexts, strict=True))))
+
+    async def _run_in(self, span: trace.Span, ctx: RagContext) -> RagContext:
+        assert self.chain is not None
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                return await self.chain.run(ctx)
+            except BaseException as err:
+                item_trace.item_failed(span, err)
+                raise
 
     async def predict(
         self, payload: Mapping[str, Any] | InferRequest, headers: dict[str, str] | None = None
@@ -75,7 +93,9 @@ class RagModel(Model):
             names = {i.name for i in payload.inputs}
             name = "question" if "question" in names else "text"
             texts = v2_texts(payload, name, self._config.max_top_k * 10)
-            done = await self.answer([self.context(t, f"inputs.{name}[{i}]", headers) for i, t in enumerate(texts)])
+            parents = item_trace.contexts(item_trace.split(payload.parameters)[1], len(texts))
+            done = await self.answer([self.context(t, f"inputs.{name}[{i}]", headers) for i, t in enumerate(texts)],
+                                     parents)
             return _v2_response(done, payload)
         if isinstance(payload, bytes | str):
             try:
@@ -84,7 +104,8 @@ class RagModel(Model):
                 raise InvalidInput("body", f"not valid JSON: {err}") from err
         instances = v1_instances(payload, max_instances=64)
         contexts = [self.context(raw, f"instances[{i}]", headers) for i, raw in enumerate(instances)]
-        return {"predictions": [ctx.prediction() for ctx in await self.answer(contexts)]}
+        parents = item_trace.contexts(item_trace.split_v1(payload)[1], len(instances))
+        return {"predictions": [ctx.prediction() for ctx in await self.answer(contexts, parents)]}
 
 
 def _v2_response(done: list[RagContext], request: InferRequest) -> InferResponse:
