@@ -190,45 +190,65 @@ def test_binary_job_is_one_trace_per_request_across_submit_worker_predictor_and_
     results.close()
 
 
-def test_structured_job_keeps_the_trace_and_merged_calls_link_every_request(
+def test_a_merged_call_keeps_every_request_in_its_own_trace_down_to_the_predictor(
     kafka_bootstrap: str, topics: Topics, workers, embed_server: PredictorProcess, otlp_receiver: OtlpReceiver,
     tag: str, tmp_path: Path,
 ) -> None:
-    workers(embed_server.url, "--output-mode", "structured", "--max-wait-ms", "200")
-    job_id = submit(kafka_bootstrap, topics, otlp_receiver, tag, [f"structured {i}" for i in range(6)],
+    # 20 structured events, one micro-batch of 20, one predictor call: each request's trace still
+    # reaches the predictor through its instance's entry in parameters.traceparents.
+    n = 20
+    worker = f"kzero-worker-{tag}"
+    workers(embed_server.url, "--output-mode", "structured", "--max-batch", str(n), "--max-wait-ms", "30000")
+    job_id = submit(kafka_bootstrap, topics, otlp_receiver, tag, [f"structured {i}" for i in range(n)],
                     "structured", tmp_path)
     results = TopicReader(kafka_bootstrap, topics.results)
-    results.wait_for(lambda r: len(r.events) >= 6, timeout_s=120)
+    results.wait_for(lambda r: len(r.events) >= n, timeout_s=120)
     for record in results.records:
         structured = json.loads(record.value)
         assert record.header("content-type").startswith(b"application/cloudevents+json")
         assert record.header("traceparent").decode() == structured["traceparent"], "traceparent in the JSON"
     by_trace = {trace_id_of(e.get("traceparent")): e for e in results.events}
-    assert len(by_trace) == 6
-    worker = f"kzero-worker-{tag}"
+    assert len(by_trace) == n
     traces = wait_for_traces(otlp_receiver, set(by_trace), lambda spans: named(f"send {topics.results}", worker)(
-        spans) and named(f"send {topics.requests}", f"kzero-submit-{tag}")(spans))
-    consumers = {}
+        spans) and named(f"send {topics.requests}", f"kzero-submit-{tag}")(spans)
+        and named("item minilm", PREDICTOR)(spans))
+    consumers, calls, items = {}, {}, {}
     for trace_id, result in by_trace.items():
-        consumers[trace_id], _ = assert_request_chain(traces[trace_id], topics, tag, job_id, result, topics.results)
-    # Every request is served by a predictor call: one in its own trace, or one that links to it.
-    calls = otlp_receiver.wait_for(lambda spans: sum(
-        1 + len(s.links) for s in spans if s.name == "predict minilm" and s.service == worker) >= 6)
-    calls = [s for s in calls if s.name == "predict minilm" and s.service == worker]
-    served = set()
-    for call in calls:
-        assert call.trace_id in consumers and call.parent_span_id == consumers[call.trace_id].span_id
-        served.add(call.trace_id)
-        served |= {trace_id for trace_id, _ in call.links}
-        assert call.attributes["kzero.batch_size"] == 1 + len(call.links)
-        otlp_receiver.wait_for(lambda spans, c=call: any(
-            s.service == PREDICTOR and s.kind == "SERVER" and s.trace_id == c.trace_id for s in spans), TRACE_WAIT_S)
-        call_spans_reach_the_predictor(otlp_receiver.trace(call.trace_id), call)
-    assert served == set(by_trace)
-    assert len(calls) < 6, "some requests shared a call"
-    batches = [s for s in otlp_receiver.spans(service=worker) if s.name.startswith("process batch")]
-    assert {link for batch in batches for link in batch.links} == {(t, c.span_id) for t, c in consumers.items()}
-    assert sum(b.attributes["kzero.batch_size"] for b in batches) == 6
+        spans = traces[trace_id]
+        consumers[trace_id], _ = assert_request_chain(spans, topics, tag, job_id, result, topics.results)
+        calls[trace_id] = one(spans, name="predict minilm", service=worker)
+        assert calls[trace_id].parent_span_id == consumers[trace_id].span_id
+        assert calls[trace_id].attributes["kzero.batch_size"] == n and calls[trace_id].attributes["kzero.attempt"] == 1
+        items[trace_id] = one(spans, name="item minilm", service=PREDICTOR)
+        assert items[trace_id].parent_span_id == calls[trace_id].span_id, tree(spans)
+        assert items[trace_id].attributes["kzero.batch_size"] >= 1
+        assert items[trace_id].attributes["kzero.queue_wait_ms"] >= 0
+        assert items[trace_id].attributes["gen_ai.operation.name"] == "embeddings"
+    # One HTTP call, made under the first request's span: only that trace has the client and server
+    # spans; its span links to the other requests and theirs link back to it.
+    [lead] = [t for t, c in calls.items() if any(s.kind == "CLIENT" and s.parent_span_id == c.span_id
+                                                 for s in traces[t])]
+    served = lambda spans: named("infer minilm", PREDICTOR)(spans) and any(  # noqa: E731
+        s.kind == "SERVER" and s.service == PREDICTOR for s in spans)
+    otlp_receiver.wait_for(lambda _: served(otlp_receiver.trace(lead)), TRACE_WAIT_S)
+    traces[lead] = otlp_receiver.trace(lead)
+    call_spans_reach_the_predictor(traces[lead], calls[lead])
+    assert set(calls[lead].links) == {(t, consumers[t].span_id) for t in by_trace if t != lead}
+    assert all(calls[t].links == ((lead, calls[lead].span_id),) for t in by_trace if t != lead)
+    infer = one(traces[lead], name="infer minilm", service=PREDICTOR)
+    assert infer.attributes["kzero.items"] == n
+    assert all(item.links == ((lead, infer.span_id),) for item in items.values()), "each item names its request"
+    assert not [s for t in by_trace if t != lead for s in traces[t] if s.kind in ("CLIENT", "SERVER")]
+    # The predictor's batch span(s) link every item; each item names its batch.
+    otlp_receiver.wait_for(lambda spans: {(t, i.span_id) for t, i in items.items()} <= {
+        link for s in spans if s.name == "batch minilm" for link in s.links}, TRACE_WAIT_S)
+    batches = {s.span_id: s for s in otlp_receiver.spans(name="batch minilm", service=PREDICTOR)}
+    for trace_id, item in items.items():
+        assert (trace_id, item.span_id) in batches[item.attributes["kzero.batch_id"]].links
+    worker_batches = [s for s in otlp_receiver.spans(service=worker) if s.name.startswith("process batch")]
+    assert {link for batch in worker_batches for link in batch.links} == {
+        (t, c.span_id) for t, c in consumers.items()}
+    assert [b.attributes["kzero.batch_size"] for b in worker_batches] == [n]
     results.close()
 
 
@@ -402,42 +422,59 @@ def one_event(events: list[Event], **attributes: str) -> Event:
 # -- (f) the full chain --------------------------------------------------------------------------
 
 
-def test_rag_job_is_one_trace_from_submit_through_transformer_and_predictors(
+def test_a_merged_rag_call_keeps_each_question_in_its_own_trace_through_transformer_and_predictors(
     kafka_bootstrap: str, topics: Topics, workers, rag_server: PredictorProcess,
     otlp_receiver: OtlpReceiver, tag: str, tmp_path: Path,
 ) -> None:
+    n = 3
     worker = f"kzero-worker-{tag}"
     transformer = f"kzero-transformer-{rag_server.model_name}"
-    workers(rag_server.url, "--max-batch", "1", model=rag_server.model_name)
-    questions = [{"question": "Where do messages that can never be handled go?", "top_k": 2,
-                  "parameters": {"max_new_tokens": 8}}]
+    workers(rag_server.url, "--max-batch", str(n), "--max-wait-ms", "30000", model=rag_server.model_name)
+    questions = [{"question": q, "top_k": 2, "parameters": {"max_new_tokens": 8}} for q in (
+        "Where do messages that can never be handled go?", "Which protocol uses protobuf over HTTP/2?",
+        "What scales a worker on consumer lag?")]
     job_id = submit(kafka_bootstrap, topics, otlp_receiver, tag, questions, "binary", tmp_path)
     results = TopicReader(kafka_bootstrap, topics.results)
-    results.wait_for(lambda r: len(r.events) >= 1, timeout_s=300)
-    [result] = results.events
-    assert result.data["predictions"][0]["answer"]
-    trace_id = trace_id_of(result.get("traceparent"))
+    results.wait_for(lambda r: len(r.events) >= n, timeout_s=300)
+    assert all(e.data["predictions"][0]["answer"] for e in results.events)
+    by_trace = {trace_id_of(e.get("traceparent")): e for e in results.events}
+    assert len(by_trace) == n
 
     def complete(spans: list[Span]) -> bool:
-        services = {s.service for s in spans}
-        return (named(f"send {topics.results}", worker)(spans) and transformer in services
-                and PREDICTOR in services and "kzero-predictor-smol" in services
+        return (named(f"send {topics.results}", worker)(spans) and named("rag.usage", transformer)(spans)
+                and named("infer minilm", PREDICTOR)(spans) and named("infer smol", "kzero-predictor-smol")(spans)
+                and {PREDICTOR, "kzero-predictor-smol"} <= {s.service for s in spans if s.kind == "SERVER"}
                 and any(s.attributes.get("db.system") == "milvus" for s in spans))
 
-    spans = wait_for_traces(otlp_receiver, {trace_id}, complete)[trace_id]
-    assert_request_chain(spans, topics, tag, job_id, result, topics.results)
-    call = one(spans, name=f"predict {rag_server.model_name}", service=worker)
-    clients = [s for s in spans if s.kind == "CLIENT" and s.parent_span_id == call.span_id]
-    assert clients, tree(spans)
-    by_id = {s.span_id: s for s in spans}
-    transformer_spans = [s for s in spans if s.service == transformer]
-    assert any(s.kind == "SERVER" and by_id.get(s.parent_span_id) in clients for s in transformer_spans), tree(spans)
-    steps = {s.name for s in transformer_spans if s.name.startswith("rag.")}
-    assert {"rag.embed_query", "rag.retrieve", "rag.generate"} <= steps, steps
-    search = [s for s in spans if s.attributes.get("db.system") == "milvus"]
-    assert search and all(s.service == transformer for s in search)
-    for predictor in (PREDICTOR, "kzero-predictor-smol"):
-        served = [s for s in spans if s.service == predictor and s.kind == "SERVER"]
-        assert served, f"{predictor} not in the trace:\n{tree(spans)}"
-        assert all(by_id.get(s.parent_span_id) is not None for s in served), "each predictor span has its caller"
+    wait_for_traces(otlp_receiver, set(by_trace), complete)
+    otlp_receiver.wait_for(lambda spans: any(
+        s.service == transformer and s.kind == "SERVER" and s.trace_id in by_trace for s in spans), TRACE_WAIT_S)
+    traces = {t: otlp_receiver.trace(t) for t in by_trace}
+    servers, items = [], []
+    for trace_id, result in by_trace.items():
+        spans = traces[trace_id]
+        shown = tree(spans)
+        assert_request_chain(spans, topics, tag, job_id, result, topics.results)
+        call = one(spans, name=f"predict {rag_server.model_name}", service=worker)
+        assert call.attributes["kzero.batch_size"] == n
+        item = one(spans, name=f"item {rag_server.model_name}", service=transformer)
+        assert item.parent_span_id == call.span_id, shown
+        items.append(item)
+        steps = {s.name: s for s in spans if s.service == transformer and s.name.startswith("rag.")}
+        assert {"rag.embed_query", "rag.retrieve", "rag.generate"} <= set(steps), shown
+        assert all(s.parent_span_id == item.span_id for s in steps.values()), "the chain runs in its item span"
+        search = [s for s in spans if s.attributes.get("db.system") == "milvus"]
+        assert [s.parent_span_id for s in search] == [steps["rag.retrieve"].span_id]
+        by_id = {s.span_id: s for s in spans}
+        for step, predictor, model in (("rag.embed_query", PREDICTOR, "minilm"),
+                                       ("rag.generate", "kzero-predictor-smol", "smol")):
+            [client] = [s for s in spans if s.kind == "CLIENT" and s.parent_span_id == steps[step].span_id]
+            server = one(spans, service=predictor, kind="SERVER")
+            assert server.parent_span_id == client.span_id, shown
+            assert one(spans, name=f"infer {model}", service=predictor).parent_span_id == server.span_id
+        servers += [s for s in spans if s.service == transformer and s.kind == "SERVER"]
+        assert all(by_id.get(s.parent_span_id) is not None for s in spans if s.kind == "SERVER"), shown
+    # One call to the transformer: its SERVER span is in the first request's trace only.
+    [server] = servers
+    assert all(item.links == ((server.trace_id, server.span_id),) for item in items), "each item names its request"
     results.close()

@@ -155,6 +155,69 @@ async def test_grpc_v2_continues_the_trace_in_the_call_metadata(
     assert rejected.status_code != "ERROR"
 
 
+async def test_a_batched_call_continues_each_instance_trace_over_v1_v2_and_grpc(
+    otlp_receiver: OtlpReceiver, embed_server: PredictorProcess
+) -> None:
+    """``parameters.traceparents`` (a JSON list on v1, JSON text in a string parameter on v2 and gRPC):
+    each instance gets an ``item`` span in its own trace, linked to the request's ``infer`` span."""
+    request_trace, _, request_traceparent = caller()
+    parents = {name: caller() for name in ("v1a", "v1c", "v2a", "v2b", "grpc_a", "grpc_b")}
+    tp = {name: parent[2] for name, parent in parents.items()}
+    async with httpx.AsyncClient(base_url=embed_server.url, timeout=60) as http:
+        v1 = await http.post("/v1/models/minilm:predict", headers={"traceparent": request_traceparent}, json={
+            "instances": ["one", "two", "three"],
+            "parameters": {"traceparents": [tp["v1a"], "00-not-a-traceparent", tp["v1c"]],
+                           "tracestates": ["kzero=1", None, None]}})
+        wrong = await http.post("/v1/models/minilm:predict", json={
+            "instances": ["x", "y"], "parameters": {"traceparents": [tp["v1a"]]}})
+        v2 = await http.post("/v2/models/minilm/infer", json={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["v2 one", "v2 two"]}],
+            "parameters": {"traceparents": json.dumps([tp["v2a"], tp["v2b"]])}})
+    assert v1.status_code == 200 and len(v1.json()["predictions"]) == 3, v1.text
+    assert v2.status_code == 200 and v2.json()["outputs"][0]["shape"] == [2, 384], v2.text
+    assert wrong.status_code == 400 and "parameters.traceparents" in wrong.json()["error"], wrong.text
+    assert not [r for r in (v1, v2, wrong) for t in tp.values() if t in r.text], "a context was echoed"
+
+    def grpc_request(texts: list[str], traceparents: list[str]) -> InferRequest:
+        tensor = InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array(texts, dtype=object), False)
+        return InferRequest(model_name="minilm", infer_inputs=[tensor],
+                            parameters={"traceparents": json.dumps(traceparents)})
+
+    client = InferenceGRPCClient(embed_server.grpc_target)
+    try:
+        answer = await client.infer(grpc_request(["g one", "g two"], [tp["grpc_a"], tp["grpc_b"]]))
+        with pytest.raises(Exception, match=r"INVALID_ARGUMENT|parameters\.traceparents"):
+            await client.infer(grpc_request(["g one", "g two"], [tp["grpc_a"]]))
+    finally:
+        await client.close()
+    assert answer.outputs[0].shape == [2, 384] and not answer.parameters
+
+    for trace_id, _, _ in parents.values():
+        otlp_receiver.wait_for(lambda _, t=trace_id: has(name="item minilm")(otlp_receiver.trace(t)), 30)
+    items = {name: one(otlp_receiver.trace(trace_id), name="item minilm") for name, (trace_id, _, _) in
+             parents.items()}
+    for name, item in items.items():
+        assert item.parent_span_id == parents[name][1] and item.service == "kzero-predictor-minilm"
+        assert item.attributes["gen_ai.operation.name"] == "embeddings" and item.attributes["kzero.batch_size"] >= 1
+        [(infer_trace, infer_span)] = item.links
+        infer = one(otlp_receiver.trace(infer_trace), span_id=infer_span)
+        assert infer.name == "infer minilm" and infer.attributes["kzero.items"] in (2, 3)
+        batch = batch_linking(otlp_receiver, infer)
+        assert (item.trace_id, item.span_id) in batch.links
+        assert item.attributes["kzero.batch_id"] == batch.span_id
+    v1_infer = one(otlp_receiver.trace(request_trace), name="infer minilm")
+    assert items["v1a"].links == items["v1c"].links == ((request_trace, v1_infer.span_id),)
+    assert items["v2a"].links == items["v2b"].links != items["grpc_a"].links == items["grpc_b"].links
+    # The malformed entry: its item starts a trace of its own, still linked to the request.
+    fresh = otlp_receiver.wait_for(lambda spans: any(
+        s.name == "item minilm" and s.links == ((request_trace, v1_infer.span_id),) and s.parent_span_id is None
+        for s in spans), 30)
+    [orphan] = [s for s in fresh if s.name == "item minilm" and s.parent_span_id is None
+                and s.links == ((request_trace, v1_infer.span_id),)]
+    assert orphan.trace_id not in {request_trace, *(p[0] for p in parents.values())}
+
+
 async def test_a_streamed_chat_is_inside_the_transformer_server_span(
     otlp_receiver: OtlpReceiver, rag_server: PredictorProcess
 ) -> None:
