@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from predictors.auth import add_api_keys_argument
+    from predictors.limits import add_limit_arguments
+
     p = argparse.ArgumentParser(prog="python -m transformers_pre", description=__doc__)
     p.add_argument("--model_name", default="rag")
     p.add_argument("--http_port", type=int, default=8080)
@@ -28,27 +31,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a packaged model id (in-process) or http://host:port#model of an embedding predictor")
     p.add_argument("--embedder_protocol", default="v1", choices=["v1", "v2", "grpc-v2"])
     p.add_argument("--milvus_uri", default="./data/kzero.db", help="a Milvus Lite file or http://host:19530")
-    p.add_argument("--collection", default="kzero")
+    p.add_argument("--collection", default=None,
+                   help="searched when a request names none (default: the first of --collections, else kzero)")
+    p.add_argument("--collections", default="", help="comma-separated collections requests may name "
+                                                     "(default: just --collection); others get 404")
+    p.add_argument("--filter_fields", default=None,
+                   help="comma-separated fields a filter may name, each NAME or NAME:str|int|float|bool|list "
+                        "(default: doc_id,source,format,title)")
+    p.add_argument("--allow_raw_filter", action="store_true",
+                   help="also accept a raw Milvus expression as the filter (only for trusted callers)")
     p.add_argument("--top_k", type=int, default=4)
     p.add_argument("--min_score", type=float, default=None, help="drop passages below this cosine similarity")
     p.add_argument("--search_mode", default="dense", choices=["dense", "hybrid"])
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--chain_config", type=Path, help="YAML: {steps: [{name, options}, ...]}")
     p.add_argument("--load_wait_s", type=float, default=30.0)
+    # No --enable_model_repository: the transformer holds no weights to unload, its repository routes stay off.
+    add_api_keys_argument(p)
+    add_limit_arguments(p)
     return p
 
 
-def config_from_args(argv: Sequence[str]) -> TransformerConfig:
+def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> TransformerConfig:
+    """``env`` supplies KZERO_API_KEYS (the keys callers need) and KZERO_PREDICTOR_API_KEY (ours)."""
+    from predictors.auth import AuthConfig, predictor_api_key
+    from predictors.limits import limits_from_args
     from transformers_pre.config import ChainConfig, TransformerConfig
+    from transformers_pre.filters import parse_fields
 
     args = build_parser().parse_args(argv)
+    collections = tuple(c.strip() for c in args.collections.split(",") if c.strip())
+    fields = None if args.filter_fields is None else parse_fields(args.filter_fields)
+    defaulted = {k: v for k, v in {"collection": args.collection, "filter_fields": fields}.items() if v is not None}
     return TransformerConfig(
         model_name=args.model_name, predictor_host=args.predictor_host, predictor_protocol=args.predictor_protocol,
         predictor_model=args.predictor_model or args.model_name, embedder=args.embedder,
-        embedder_protocol=args.embedder_protocol, milvus_uri=args.milvus_uri, collection=args.collection,
+        embedder_protocol=args.embedder_protocol, milvus_uri=args.milvus_uri,
+        collections=collections, allow_raw_filter=args.allow_raw_filter, **defaulted,
         top_k=args.top_k, min_score=args.min_score, search_mode=args.search_mode, max_new_tokens=args.max_new_tokens,
         chain=ChainConfig.from_yaml(args.chain_config) if args.chain_config else ChainConfig(),
         http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc, load_wait_s=args.load_wait_s,
+        request_limits=limits_from_args(args),
+        auth=AuthConfig.from_sources(env or {}, args.api_keys_file), predictor_api_key=predictor_api_key(env or {}),
     )
 
 
@@ -56,18 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        config = config_from_args(sys.argv[1:] if argv is None else argv)
-    except (ValidationError, ValueError) as err:
+        config = config_from_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        from predictors.auth import ApiKeys
+
+        api_keys = ApiKeys.from_config(config.auth)
+    except (ValidationError, ValueError) as err:  # AuthConfigError too: it names the variable or file
         print(f"python -m transformers_pre: {err}", file=sys.stderr)
         return 2
 
     from fastapi import APIRouter
     from kserve.protocol.dataplane import DataPlane
-    from kserve.protocol.rest.v1_endpoints import V1Endpoints
 
     from observability.logs import LogConfig
     from observability.telemetry import setup_telemetry
-    from predictors.cloudevents_http import cloudevents_router
+    from predictors.cloudevents_http import cloudevents_router, kserve_v1
     from predictors.metrics import PredictorMetrics
     from predictors.server import KzeroServer, serve
     from transformers_pre.deps import build_deps
@@ -85,10 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = RagModel(config, lambda: build_deps(config, tracer, metrics), tracer)
 
     def routers(dataplane: DataPlane) -> list[APIRouter]:
-        return [rag_openai_router(model, tracer), cloudevents_router(model, V1Endpoints(dataplane).predict, tracer)]
+        return [rag_openai_router(model, tracer),
+                cloudevents_router(model, kserve_v1(dataplane), tracer, config.request_limits)]
 
     server = KzeroServer(model, metrics, routers, http_port=config.http_port, grpc_port=config.grpc_port,
-                         enable_grpc=config.enable_grpc, tracer=tracer, log_config=log_config)
+                         enable_grpc=config.enable_grpc, tracer=tracer, log_config=log_config, api_keys=api_keys,
+                         request_limits=config.request_limits)
     return serve(server, telemetry, "transformer")
 
 

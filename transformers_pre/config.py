@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from predictors.auth import AuthConfig
+from predictors.limits import RequestLimits
 from predictors.retry import RetryPolicy
+from transformers_pre.filters import DEFAULT_FILTER_FIELDS, FieldType, check_fields
 from transformers_pre.store import SearchMode
 
 Protocol = Literal["v1", "v2", "grpc-v2"]
@@ -49,7 +52,10 @@ class TransformerConfig(BaseModel):
     embedder: str = Field(default="all-minilm-l6-v2", description="packaged model id or URL#model")
     embedder_protocol: Protocol = "v1"
     milvus_uri: str = "./data/kzero.db"
-    collection: str = "kzero"
+    collection: str = Field(default="kzero", min_length=1, description="searched when a request names none")
+    collections: tuple[str, ...] = Field(default=(), description="all a request may name (default: collection)")
+    filter_fields: dict[str, FieldType] = Field(default_factory=lambda: dict(DEFAULT_FILTER_FIELDS))
+    allow_raw_filter: bool = Field(default=False, description="accept raw Milvus expressions (trusted callers)")
     top_k: int = Field(default=4, ge=1, le=50)
     max_top_k: int = Field(default=20, ge=1, le=100)
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
@@ -63,6 +69,33 @@ class TransformerConfig(BaseModel):
     grpc_port: int = Field(default=8081, ge=0, le=65535)
     enable_grpc: bool = True
     load_wait_s: float = Field(default=30.0, ge=0)
+    request_limits: RequestLimits = RequestLimits()
+    auth: AuthConfig = AuthConfig()
+    predictor_api_key: SecretStr | None = Field(default=None, description="sent to the predictor and embedder")
+
+    @field_validator("filter_fields")
+    @classmethod
+    def _filterable(cls, fields: dict[str, FieldType]) -> dict[str, FieldType]:
+        check_fields(fields)
+        return fields
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_from_collections(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "collection" not in data and data.get("collections"):
+            return {**data, "collection": data["collections"][0]}
+        return data
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> TransformerConfig:
+        if self.collections and self.collection not in self.collections:
+            raise ValueError(f"collection {self.collection!r} is not one of collections {list(self.collections)}")
+        return self
+
+    @property
+    def served_collections(self) -> tuple[str, ...]:
+        """The collections requests may search; the default one first."""
+        return (self.collection, *(c for c in self.collections if c != self.collection))
 
     @property
     def predictor_url(self) -> str:

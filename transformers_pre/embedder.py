@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 from opentelemetry import trace
+from pydantic import SecretStr
 
 from predictors.client import CallFailed, PredictorClient, TransientCallError, make_client
 from predictors.retry import RetryPolicy, call_with_retries
@@ -58,13 +59,15 @@ class ClientEmbedder:
 
 
 def embedder_client(
-    spec: str, protocol: str = "v1", timeout_s: float = 60.0, tracer: trace.Tracer | None = None
+    spec: str, protocol: str = "v1", timeout_s: float = 60.0, tracer: trace.Tracer | None = None,
+    api_key: SecretStr | None = None,
 ) -> tuple[PredictorClient, str]:
-    """``spec`` is a packaged model id (run in-process) or ``URL[#model]`` of an embedding predictor."""
+    """``spec`` is a packaged model id (run in-process) or ``URL[#model]`` of an embedding predictor
+    (called with ``api_key``, if any)."""
     if "://" not in spec and ":" not in spec:
         from predictors.config import PredictorConfig
         from predictors.inprocess import InProcessClient
 
         return InProcessClient.load(PredictorConfig(model_name=spec, task="embed", model_id=spec)), spec
     target, _, model = spec.partition("#")
-    return make_client(protocol, target, timeout_s, tracer), model or "minilm"  # type: ignore[arg-type]
+    return make_client(protocol, target, timeout_s, tracer, api_key), model or "minilm"  # type: ignore[arg-type]

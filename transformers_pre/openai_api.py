@@ -16,13 +16,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import SecretStr
 
 from observability import semconv
 from observability.propagation import inject
-from predictors.client import client_span, forwarded, http_attributes
+from predictors.client import bearer_headers, client_span, forwarded, http_attributes, refused_message
 from predictors.errors import InvalidInput, ModelNotFound, PredictorError
 from predictors.openai_api import ChatBody, json_body, openai_error, sse
-from predictors.validation import parse_model
+from predictors.validation import documented_body, parse_model
 from transformers_pre.context import RagContext, RagInstance
 from transformers_pre.errors import PredictorUnavailable
 from transformers_pre.steps.generate import record_usage
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from transformers_pre.model import RagModel
 
 CHAT_ROUTE = "/openai/v1/chat/completions"
+_RETRIEVAL_FIELDS = ("filter", "collection")
 
 
 def rag_openai_router(model: RagModel, tracer: trace.Tracer | None = None) -> APIRouter:
@@ -42,7 +44,7 @@ def rag_openai_router(model: RagModel, tracer: trace.Tracer | None = None) -> AP
         return JSONResponse({"object": "list", "data": [
             {"id": model.name, "object": "model", "created": 0, "owned_by": "kzero"}]})
 
-    @router.post("/chat/completions", response_model=None)
+    @router.post("/chat/completions", response_model=None, openapi_extra=documented_body(ChatBody))
     async def chat(request: Request) -> Response:
         try:
             return await _chat(model, request, tracer)
@@ -53,7 +55,7 @@ def rag_openai_router(model: RagModel, tracer: trace.Tracer | None = None) -> AP
 
 
 async def _chat(model: RagModel, request: Request, tracer: trace.Tracer) -> Response:
-    raw = await json_body(request)
+    raw, retrieval = _retrieval_options(await json_body(request))
     body = parse_model(ChatBody, raw)
     if body.model != model.name:
         raise ModelNotFound(body.model, [model.name])
@@ -64,8 +66,9 @@ async def _chat(model: RagModel, request: Request, tracer: trace.Tracer) -> Resp
     await model.wait_ready()
     assert model.chain is not None and model.deps is not None
     before, after = model.chain.split("generate")
+    scope = model.deps.scope.resolve(retrieval.get("filter"), retrieval.get("collection"))
     ctx = RagContext(RagInstance(question=body.messages[last].plain().content), f"messages[{last}]",
-                     dict(request.headers))
+                     dict(request.headers), scope)
     await before.run(ctx)
     history = [m.plain().model_dump() for m in body.messages[:last] if m.role != "system"]
     config = model.deps.config
@@ -76,11 +79,12 @@ async def _chat(model: RagModel, request: Request, tracer: trace.Tracer) -> Resp
                   semconv.GEN_AI_REQUEST_MODEL: config.predictor_model}
     if body.stream:
         span = tracer.start_span(f"POST {CHAT_ROUTE}", kind=SpanKind.CLIENT, attributes=attributes)
-        return StreamingResponse(_relay(url, upstream, ctx, after, model.name, span, request.headers),
+        return StreamingResponse(_relay(url, upstream, ctx, after, model.name, span, request.headers,
+                                        config.predictor_api_key),
                                  media_type="text/event-stream")
     async with httpx.AsyncClient(timeout=config.request_timeout_s) as client:
         with client_span(tracer, f"POST {CHAT_ROUTE}", attributes, request.headers) as (span, headers):
-            reply = await _post(client, url, upstream, headers, span)
+            reply = await _post(client, url, upstream, headers, span, config.predictor_api_key)
     ctx.answer = reply["choices"][0]["message"]["content"]
     ctx.usage.update(reply.get("usage") or {})
     await after.run(ctx)
@@ -89,14 +93,25 @@ async def _chat(model: RagModel, request: Request, tracer: trace.Tracer) -> Resp
                          "citations": ctx.citations})
 
 
+def _retrieval_options(raw: Any) -> tuple[Any, dict[str, Any]]:
+    """The body without our retrieval fields (``extra_body`` of the openai client), and those fields."""
+    if not isinstance(raw, dict):
+        return raw, {}
+    return ({k: v for k, v in raw.items() if k not in _RETRIEVAL_FIELDS},
+            {k: raw[k] for k in _RETRIEVAL_FIELDS if k in raw})
+
+
 async def _post(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str], span: trace.Span
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str], span: trace.Span,
+    api_key: SecretStr | None,
 ) -> dict[str, Any]:
     try:
-        response = await client.post(url, json=body, headers=headers)
+        response = await client.post(url, json=body, headers={**headers, **bearer_headers(api_key)})
     except httpx.TransportError as err:
         raise PredictorUnavailable(f"predictor unreachable: {err!r}") from err
     span.set_attribute(semconv.HTTP_STATUS, response.status_code)
+    if response.status_code == 401:  # our deployment's fault, not the caller's: 503, not 400
+        raise PredictorUnavailable(f"{refused_message(url, 401, api_key)}; check KZERO_PREDICTOR_API_KEY")
     if response.status_code >= 500 or response.status_code == 429:
         raise PredictorUnavailable(f"predictor answered {response.status_code}: {response.text[:300]}")
     if response.status_code != 200:
@@ -108,7 +123,7 @@ async def _post(
 
 async def _relay(
     url: str, upstream: dict[str, Any], ctx: RagContext, after: Any, name: str, span: trace.Span,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str], api_key: SecretStr | None = None,
 ) -> AsyncIterator[str]:
     """Pass the predictor's chunks through (renamed to this model), then one chunk with the sources.
 
@@ -117,7 +132,7 @@ async def _relay(
     """
     pieces: list[str] = []
     last: dict[str, Any] = {}
-    outgoing = {**forwarded(headers), **inject(trace.set_span_in_context(span))}
+    outgoing = {**forwarded(headers), **inject(trace.set_span_in_context(span)), **bearer_headers(api_key)}
     try:
         async with httpx.AsyncClient(timeout=None) as client:
             async with client.stream("POST", url, json=upstream, headers=outgoing) as response:
@@ -125,8 +140,9 @@ async def _relay(
                 if response.status_code != 200:
                     error = (await response.aread()).decode(errors="replace")[:300]
                     _failed(span, str(response.status_code))
-                    yield sse({"error": {"message": f"predictor answered {response.status_code}: {error}",
-                                         "type": "server_error"}})
+                    message = (refused_message(url, 401, api_key) if response.status_code == 401
+                               else f"predictor answered {response.status_code}: {error}")
+                    yield sse({"error": {"message": message, "type": "server_error"}})
                     return
                 async for line in response.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":

@@ -9,7 +9,7 @@ from typing import Any
 from opentelemetry import trace
 
 from observability import semconv
-from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError
+from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
 from predictors.retry import RetryPolicy, call_with_retries
 from transformers_pre.context import RagContext
 from transformers_pre.errors import BadRequest, PredictorUnavailable
@@ -54,6 +54,8 @@ class Generate:
             response, _ = await call_with_retries(
                 lambda: self.client.predict(self.model, body, ctx.headers), self.retry, on_retry=self.on_retry
             )
+        except Unauthorized as err:  # our deployment's fault, not the caller's: 503, not 400
+            raise PredictorUnavailable(f"{err}; check KZERO_PREDICTOR_API_KEY") from err
         except PermanentCallError as err:
             raise BadRequest(f"{ctx.field}.parameters", f"the predictor rejected the request: {err}") from err
         except CallFailed as err:
