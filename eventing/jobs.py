@@ -23,6 +23,7 @@ from eventing.kafka_binding import KafkaRecord, Mode, from_client_record, from_r
 log = logging.getLogger(__name__)
 
 SOURCE = "/kzero/jobs"
+METADATA_REFRESH_S = 1.0
 
 
 def read_instances(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
@@ -98,26 +99,41 @@ def submit(bootstrap: str, topic: str, job_id: str, source: TextIO, mode: Mode =
 def scan(bootstrap: str, topics: list[str], *, idle_timeout_s: float, deadline: float | None = None,
          done: Callable[[], bool] = lambda: False, security: KafkaSecurity | None = None) -> Iterator[KafkaRecord]:
     """Committed records of ``topics`` from the beginning, following new ones until ``done()``,
-    ``deadline`` (monotonic) or ``idle_timeout_s`` without a record."""
+    ``deadline`` (monotonic) or ``idle_timeout_s`` without a record.
+
+    A topic that does not exist yet is waited for: the metadata is read again every
+    ``METADATA_REFRESH_S``, and partitions that appear (a topic a worker creates after the scan
+    started, partitions added later) are read from their beginning too.
+    """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
                              group_id=None, **_client_kwargs(security))
     try:
-        consumer.topics()  # fetch metadata so partitions_for_topic knows every topic
-        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        if not partitions:
-            return
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        last_seen = time.monotonic()
+        assigned: set[TopicPartition] = set()
+        last_seen, refreshed = time.monotonic(), float("-inf")
         while not done() and time.monotonic() - last_seen < idle_timeout_s:
-            if deadline is not None and time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
                 return
+            if now - refreshed >= METADATA_REFRESH_S:
+                refreshed = now
+                if new := _partitions(consumer, topics) - assigned:
+                    assigned |= new
+                    consumer.assign(sorted(assigned))  # keeps the positions of those already assigned
+                    consumer.seek_to_beginning(*new)
+            if not assigned:
+                time.sleep(0.2)
+                continue
             for records in consumer.poll(timeout_ms=200).values():
                 last_seen = time.monotonic()
                 for record in records:
                     yield from_client_record(record)
     finally:
         consumer.close()
+
+
+def _partitions(consumer: KafkaConsumer, topics: list[str]) -> set[TopicPartition]:
+    known = consumer.topics()  # a fresh metadata request, so new topics and partitions show
+    return {TopicPartition(t, p) for t in topics if t in known for p in consumer.partitions_for_topic(t)}
 
 
 @dataclass
@@ -153,12 +169,15 @@ class JobResults:
 
 
 def collect(bootstrap: str, topics: list[str], job_id: str, expected: int, timeout_s: float,
-            progress: bool = True, *, security: KafkaSecurity | None = None) -> JobResults:
+            progress: bool = True, *, security: KafkaSecurity | None = None,
+            give_up: Callable[[], bool] = lambda: False) -> JobResults:
+    """The job's results and dead letters, until all ``expected`` are in, ``timeout_s`` passes or
+    ``give_up()`` (say, the worker that would answer has exited)."""
     job = JobResults(expected)
     deadline = time.monotonic() + timeout_s
     with tqdm(total=expected, desc="collecting", unit="result", disable=not progress) as bar:
-        for record in scan(bootstrap, topics, idle_timeout_s=timeout_s, deadline=deadline, done=lambda: job.complete,
-                           security=security):
+        for record in scan(bootstrap, topics, idle_timeout_s=timeout_s, deadline=deadline,
+                           done=lambda: job.complete or give_up(), security=security):
             try:
                 event = from_record(record)
             except MalformedEvent:
