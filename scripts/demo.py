@@ -4,11 +4,13 @@
    of each protocol (v1, v2, gRPC, OpenAI) to each, printing answers and timings.
 2. Ingests the corpus in docs/corpus into Milvus Lite, starts the RAG transformer in front of the
    generation predictor, and asks a few questions, printing answers with their sources.
-3. Starts a single-node Kafka broker (scripts/kafka.sh, or $KAFKA_BOOTSTRAP_SERVERS with the
-   KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_CAFILE login of `python -m eventing`), runs the
-   eventing worker against the embedding predictor, submits a batch job of CloudEvents, collects
-   every result and prints the job's throughput.
-Everything is shut down at the end.
+3. Starts a single-node Kafka broker (scripts/kafka.sh, so KZERO_KAFKA_PORT, KZERO_KAFKA_DATA and
+   the other KZERO_KAFKA_* settings apply; or $KAFKA_BOOTSTRAP_SERVERS with the
+   KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_CAFILE login of `python -m eventing`), creates the
+   job topics, runs the eventing worker against the embedding predictor, submits a batch job of
+   CloudEvents, collects every result and prints the job's throughput.
+Everything is shut down at the end. A part that fails or times out ends the demo with one line
+naming it and exit status 1.
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity
 from eventing.jobs import collect, submit
+from eventing.topics import ensure_topics
 from observability.telemetry import setup_telemetry
 from predictors.launch import PredictorProcess
 
 LOGS = Path("data/demo-logs")
+JOB_TIMEOUT_S = 600
+
+
+class DemoFailed(Exception):
+    """A part of the demo did not work; the message says which and where to look."""
 
 
 def v2_request(model: str, texts: list[str], **parameters: object) -> InferRequest:
@@ -96,15 +104,41 @@ async def generate_demo(server: PredictorProcess) -> None:
     print(f"  streamed  -> {''.join(pieces)!r} in {len([p for p in pieces if p])} pieces")
 
 
-def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    security = KafkaSecurity.from_env(os.environ)  # the worker reads the same variables
-    started_broker = bootstrap is None
-    if started_broker:
+def _kafka_script(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "scripts/kafka.sh", command], capture_output=True, text=True, check=False)
+
+
+def start_broker() -> tuple[str, bool]:
+    """(bootstrap address, whether this demo started the broker and so stops it)."""
+    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return bootstrap, False
+    already_running = _kafka_script("status").returncode == 0
+    if not already_running:
         print("starting Kafka (first run downloads the jars from Maven Central) ...")
-        out = subprocess.run(["bash", "scripts/kafka.sh", "start"], capture_output=True, text=True, check=True)
-        bootstrap = out.stdout.strip().splitlines()[-1]
+    out = _kafka_script("start")
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DemoFailed(f"scripts/kafka.sh start failed (exit {out.returncode}): {reason}")
+    return lines[-1], not already_running
+
+
+def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
+    security = KafkaSecurity.from_env(os.environ)  # the worker reads the same variables
+    bootstrap, started_broker = start_broker()
     print(f"  broker at {bootstrap}")
+    try:
+        # Before the worker and the collector start: on an empty broker they would otherwise race
+        # the worker's own topic creation.
+        ensure_topics(bootstrap, [DEFAULT_REQUESTS, DEFAULT_RESULTS, DEFAULT_DLQ], security=security)
+        run_job(embed, bootstrap, security, jobs)
+    finally:
+        if started_broker:
+            _kafka_script("stop")
+            print("  broker stopped")
+
+
+def run_job(embed: PredictorProcess, bootstrap: str, security: KafkaSecurity, jobs: int) -> None:
     job_id = f"demo-{uuid.uuid4().hex[:6]}"
     source = LOGS / "job.jsonl"
     source.write_text("".join(json.dumps(f"document {i}: scale to zero, wake on events") + "\n" for i in range(jobs)))
@@ -122,10 +156,17 @@ def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
                            tracer=telemetry.tracer("kzero.demo"), security=security)
         telemetry.shutdown()
         print(f"  submitted job {job_id}: {count} request events to {DEFAULT_REQUESTS}")
-        job = collect(bootstrap, [DEFAULT_RESULTS, DEFAULT_DLQ], job_id, count, timeout_s=600, progress=False,
-                      security=security)
+        job = collect(bootstrap, [DEFAULT_RESULTS, DEFAULT_DLQ], job_id, count, timeout_s=JOB_TIMEOUT_S,
+                      progress=False, security=security, give_up=lambda: worker.poll() is not None)
         seconds = time.perf_counter() - started
         print(f"  {job.summary()}")
+        if not job.complete and worker.poll() is not None:
+            raise DemoFailed(f"the worker exited with {worker.returncode}: {job.summary()}; see {LOGS}/worker.log")
+        if not job.complete:
+            raise DemoFailed(f"the job did not finish within {JOB_TIMEOUT_S}s: {job.summary()}; "
+                             f"see {LOGS}/worker.log")
+        if job.errors:
+            raise DemoFailed(f"requests were dead-lettered: {job.summary()}; see {LOGS}/worker.log")
         print(f"  {count} events in {seconds:.1f}s = {count / seconds:.0f} events/s (Kafka, worker, predictor)")
         sample = next(iter(job.results.values()))
         print(f"  a result event: type {sample.type}, requestid {sample.get('requestid')}, "
@@ -135,11 +176,18 @@ def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
         print(f"  its trace id {trace_id}: one trace from its submit span through the worker to this "
               "result (set OTEL_EXPORTER_OTLP_ENDPOINT to export the spans)")
     finally:
-        worker.send_signal(signal.SIGTERM)
+        stop_worker(worker)
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
+    try:
         print(f"  worker exited with {worker.wait(60)} after SIGTERM")
-        if started_broker:
-            subprocess.run(["bash", "scripts/kafka.sh", "stop"], capture_output=True, check=False)
-            print("  broker stopped")
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        print(f"  worker killed: still running 60s after SIGTERM (exit {worker.wait()})")
 
 
 QUESTIONS = [
@@ -172,27 +220,54 @@ def rag_demo(generate: PredictorProcess) -> None:
                 print(f"   {cited}[{n}] {source['doc_id']:<16} score {source['score']:.3f}")
 
 
+class Progress:
+    """The part running now, for the one-line failure message."""
+
+    part = "starting"
+
+
 def main() -> int:
+    progress = Progress()
+    try:
+        run(progress)
+    except DemoFailed as err:
+        print(f"make demo: {progress.part} failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"make demo: interrupted during {progress.part}", file=sys.stderr)
+        return 130
+    except Exception as err:  # the script's edge: one line, never a traceback
+        print(f"make demo: {progress.part} failed: {type(err).__name__}: {err} (logs in {LOGS}/)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(progress: Progress) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     embed = PredictorProcess(["--task", "embed", "--model_id", "all-minilm-l6-v2"], model_name="minilm",
                              log_path=LOGS / "minilm.log")
     generate = PredictorProcess(["--task", "generate", "--model_id", "smollm2-135m-instruct"], model_name="smol",
                                 log_path=LOGS / "smol.log")
     with embed, generate:
+        progress.part = "starting the predictors"
         print(f"starting predictors (logs in {LOGS}/) ...")
         print(f"  minilm ready in {embed.wait_ready():.1f}s at {embed.url} (gRPC {embed.grpc_target})")
         print(f"  smol   ready in {generate.wait_ready():.1f}s at {generate.url} (gRPC {generate.grpc_target})"
               " — the first start converts the GGUF file once")
+        progress.part = "the embedding part"
         print("\nembeddings: all-MiniLM-L6-v2")
         asyncio.run(embed_demo(embed))
+        progress.part = "the generation part"
         print("\ngeneration: SmolLM2-135M-Instruct")
         asyncio.run(generate_demo(generate))
+        progress.part = "the RAG part"
         print("\nretrieval-augmented generation: docs/corpus -> Milvus Lite -> transformer -> SmolLM2")
         rag_demo(generate)
+        progress.part = "the Kafka part"
         print("\nbatch job: CloudEvents over Kafka")
         kafka_demo(embed)
+        progress.part = "stopping the predictors"
     print("\npredictors stopped cleanly")
-    return 0
 
 
 if __name__ == "__main__":
