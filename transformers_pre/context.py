@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from transformers_pre.filters import SearchScope
 from transformers_pre.store import Passage
 
 
@@ -18,9 +19,9 @@ class RagInstance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     question: str
-    filter: str | dict[str, str | int | float | bool] | None = None
+    filter: Any = None  # checked by ``filters.FilterCompiler``, whose errors name the exact part
     top_k: int | None = Field(default=None, ge=1)
-    collection: str | None = Field(default=None, min_length=1)
+    collection: str | None = Field(default=None, min_length=1, max_length=255)
     parameters: dict[str, Any] | None = None
 
 
@@ -29,6 +30,7 @@ class RagContext:
     instance: RagInstance
     field: str  # where this instance is in the request, for error messages (e.g. "instances[2]")
     headers: Mapping[str, str] = field(default_factory=dict)
+    scope: SearchScope | None = None  # set from the instance by validate, or by a route that reads it elsewhere
     question: str = ""
     query_vector: np.ndarray | None = None
     passages: list[Passage] = field(default_factory=list)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from predictors.errors import InvalidInput, NotFound, PredictorError, Unavailable
 
 RETRY_AFTER_S = 5
@@ -18,6 +20,14 @@ class BadRequest(InvalidInput, TransformerError):
 class UnknownCollection(NotFound, TransformerError):
     def __init__(self, collection: str) -> None:
         super().__init__(f"collection: {collection!r} does not exist in the vector store")
+        self.collection = collection
+
+
+class CollectionNotServed(NotFound, TransformerError):
+    """The request names a collection outside the configured ones; whether it exists is never said."""
+
+    def __init__(self, collection: str, served: Sequence[str]) -> None:
+        super().__init__(f"collection {collection!r} is not served; served: {', '.join(served)}")
         self.collection = collection
 
 

@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 from kserve import Model
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest, InferResponse, to_http_parameters
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 from observability import semconv
 from predictors import item_trace
-from predictors.errors import InvalidInput
 from predictors.readiness import LoadGate
+from predictors.v2_wire import tensor, v2_response
 from predictors.validation import parse_model, v1_instances, v2_texts
 from transformers_pre.chain import Chain, build_chain
 from transformers_pre.config import TransformerConfig
 from transformers_pre.context import RagContext, RagInstance
+from transformers_pre.filters import SearchScope, from_text
 from transformers_pre.steps import ChainDeps
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,22 @@ class RagModel(Model):
         if not self.ready:
             await self._gate.wait()
 
-    def context(self, raw: Any, field: str, headers: Mapping[str, str] | None) -> RagContext:
+    def context(
+        self, raw: Any, field: str, headers: Mapping[str, str] | None, scope: SearchScope | None = None
+    ) -> RagContext:
         if isinstance(raw, str):
             raw = {"question": raw}
-        return RagContext(parse_model(RagInstance, raw, field), field, dict(headers or {}))
+        return RagContext(parse_model(RagInstance, raw, field), field, dict(headers or {}), scope)
+
+    async def v2_scope(self, request: InferRequest) -> SearchScope:
+        """``filter`` and ``collection`` of a v2 or gRPC request: its parameters, shared by its questions."""
+        await self.wait_ready()
+        assert self.deps is not None
+        parameters = to_http_parameters(request.parameters or {})  # gRPC's arrive as protobuf messages
+        filter_ = parameters.get("filter")
+        if isinstance(filter_, str):  # a gRPC parameter can only be text: JSON for a structured filter
+            filter_ = from_text(filter_, "parameters.filter")
+        return self.deps.scope.resolve(filter_, parameters.get("collection"), "parameters")
 
     async def answer(self, contexts: list[RagContext], parents: Sequence[Context] | None = None) -> list[RagContext]:
         """Run the chain for each question; with ``parents`` (a batched caller's ``traceparents``) each
@@ -93,15 +106,11 @@ class RagModel(Model):
             names = {i.name for i in payload.inputs}
             name = "question" if "question" in names else "text"
             texts = v2_texts(payload, name, self._config.max_top_k * 10)
+            scope = await self.v2_scope(payload)
             parents = item_trace.contexts(item_trace.split(payload.parameters)[1], len(texts))
-            done = await self.answer([self.context(t, f"inputs.{name}[{i}]", headers) for i, t in enumerate(texts)],
-                                     parents)
+            done = await self.answer(
+                [self.context(t, f"inputs.{name}[{i}]", headers, scope) for i, t in enumerate(texts)], parents)
             return _v2_response(done, payload)
-        if isinstance(payload, bytes | str):
-            try:
-                payload = json.loads(payload)
-            except ValueError as err:
-                raise InvalidInput("body", f"not valid JSON: {err}") from err
         instances = v1_instances(payload, max_instances=64)
         contexts = [self.context(raw, f"instances[{i}]", headers) for i, raw in enumerate(instances)]
         parents = item_trace.contexts(item_trace.split_v1(payload)[1], len(instances))
@@ -109,11 +118,6 @@ class RagModel(Model):
 
 
 def _v2_response(done: list[RagContext], request: InferRequest) -> InferResponse:
-    answers = InferOutput(name="answer", shape=[len(done)], datatype="BYTES")
-    answers.set_data_from_numpy(np.array([c.answer for c in done], dtype=object), binary_data=False)
-    sources = InferOutput(name="sources", shape=[len(done)], datatype="BYTES")
-    sources.set_data_from_numpy(
-        np.array([json.dumps(c.prediction()["sources"]) for c in done], dtype=object), binary_data=False
-    )
-    return InferResponse(response_id=request.id or "", model_name=request.model_name,
-                         infer_outputs=[answers, sources], from_grpc=request.from_grpc)
+    answers = tensor("answer", "BYTES", np.array([c.answer for c in done], dtype=object))
+    sources = tensor("sources", "BYTES", np.array([json.dumps(c.prediction()["sources"]) for c in done], dtype=object))
+    return v2_response(request, [answers, sources])

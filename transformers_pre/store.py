@@ -7,7 +7,6 @@ feeds Milvus' BM25 function, so the same collection serves dense, full-text and 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,22 @@ log = logging.getLogger(__name__)
 SearchMode = Literal["dense", "hybrid"]
 MAX_TEXT = 16_384
 _FIELDS = ["doc_id", "chunk_id", "text", "metadata"]
+# Scalar columns a filter may name directly, with their filter type; any other filter field is a key of
+# ``metadata``. The remaining columns are never filterable (a filter on ``text`` would probe the corpus).
+FILTER_COLUMNS = {"doc_id": "str", "chunk_id": "int"}
+UNFILTERABLE_COLUMNS = frozenset({"id", "doc_hash", "text", "metadata", "vector", "sparse"})
+# Escapes both Milvus Lite and the Milvus server parse; neither takes json.dumps' \uXXXX, so other
+# characters, non-ASCII ones included, stay as they are.
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def string_literal(value: str) -> str:
+    """``value`` as a string literal of a Milvus expression."""
+    return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
+
+
+def _string_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(string_literal(v) for v in values) + "]"
 
 
 @dataclass(frozen=True)
@@ -46,20 +61,6 @@ class Passage:
 
     def source(self) -> dict[str, Any]:
         return {"doc_id": self.doc_id, "chunk_id": self.chunk_id, "text": self.text, "score": round(self.score, 6)}
-
-
-def metadata_filter(spec: str | Mapping[str, Any] | None) -> str:
-    """A Milvus filter expression: a string is used as given; a mapping means ``metadata[k] == v`` for all."""
-    if spec is None or spec == "" or spec == {}:
-        return ""
-    if isinstance(spec, str):
-        return spec
-    parts = []
-    for key, value in spec.items():
-        if not isinstance(value, str | int | float | bool):
-            raise BadRequest(f"filter.{key}", "values must be strings, numbers or booleans")
-        parts.append(f"metadata[{json.dumps(str(key))}] == {json.dumps(value)}")
-    return " and ".join(parts)
 
 
 class VectorStore:
@@ -121,7 +122,7 @@ class VectorStore:
         if not doc_ids:
             return {}
         rows = self._call(self._client.query, self.collection,
-                          filter=f"chunk_id == 0 and doc_id in {json.dumps(list(doc_ids))}",
+                          filter=f"chunk_id == 0 and doc_id in {_string_list(doc_ids)}",
                           output_fields=["doc_id", "doc_hash"], limit=len(doc_ids))
         return {row["doc_id"]: row["doc_hash"] for row in rows}
 
@@ -141,14 +142,14 @@ class VectorStore:
                 for c, v in zip(chunks, vectors, strict=True)
             ]
         if documents:
-            ids = json.dumps([doc_id for doc_id, *_ in documents])
+            ids = _string_list([doc_id for doc_id, *_ in documents])
             self._call(self._client.delete, self.collection, filter=f"doc_id in {ids}")
         if rows:
             self._call(self._client.insert, self.collection, rows)
         return [len(chunks) for _, _, chunks, _ in documents]
 
     def delete_document(self, doc_id: str) -> int:
-        result = self._call(self._client.delete, self.collection, filter=f"doc_id == {json.dumps(doc_id)}")
+        result = self._call(self._client.delete, self.collection, filter=f"doc_id == {string_literal(doc_id)}")
         return len(result) if isinstance(result, list) else int(result.get("delete_count", 0))
 
     def close(self) -> None:
@@ -167,23 +168,23 @@ class VectorStore:
         vector: np.ndarray,
         top_k: int,
         *,
-        filter: str | Mapping[str, Any] | None = None,
+        filter: str = "",
         min_score: float | None = None,
         query_text: str | None = None,
         mode: SearchMode = "dense",
         collection: str | None = None,
     ) -> list[Passage]:
+        """``filter`` is a Milvus boolean expression, already compiled or vetted (see ``filters``)."""
         name = collection or self.collection
         self.load(name)
-        expression = metadata_filter(filter)
         try:
             if mode == "hybrid" and query_text:
-                hits = self._hybrid(name, vector, query_text, top_k, expression)
+                hits = self._hybrid(name, vector, query_text, top_k, filter)
             else:
                 hits = self._client.search(name, data=[vector.astype(np.float32).tolist()], anns_field="vector",
-                                           limit=top_k, filter=expression, output_fields=_FIELDS)[0]
+                                           limit=top_k, filter=filter, output_fields=_FIELDS)[0]
         except Exception as err:
-            raise self._classify(err, expression) from err
+            raise self._classify(err, filter) from err
         passages = [
             Passage(h["entity"]["doc_id"], int(h["entity"]["chunk_id"]), h["entity"]["text"], float(h["distance"]),
                     h["entity"].get("metadata") or {})
@@ -206,7 +207,10 @@ class VectorStore:
     def _classify(err: Exception, expression: str) -> Exception:
         text = str(err)
         if expression and any(w in text.lower() for w in ("expr", "parse", "filter", "syntax", "field")):
-            return BadRequest("filter", f"invalid filter {expression!r}: {text[:300]}")
+            # Milvus' message can list the collection's schema: log it, answer with our own words.
+            log.info("Milvus rejected the filter %r: %s", expression[:300], text[:300])
+            return BadRequest("filter", "the vector store cannot evaluate this expression "
+                                        "(check its field names, operators and quoting)")
         return StoreUnavailable(f"vector search failed: {text[:300]}")
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:

@@ -117,7 +117,7 @@ async def test_a_changed_document_replaces_its_chunks(
     vector = (await embedder.embed(["What is left of the long document?"]))[0]
     top = store.search(vector, 1)[0]
     assert (top.doc_id, top.chunk_id, top.text) == ("long", 0, shorter.text)
-    assert store.search(vector, 1, filter={"topic": "renamed"})[0].doc_id == documents[0].doc_id
+    assert store.search(vector, 1, filter='metadata["topic"] == "renamed"')[0].doc_id == documents[0].doc_id
 
 
 async def test_new_chunk_settings_reingest_everything(

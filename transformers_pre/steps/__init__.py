@@ -17,6 +17,7 @@ from predictors.metrics import PredictorMetrics
 from transformers_pre.config import TransformerConfig
 from transformers_pre.context import RagContext
 from transformers_pre.embedder import Embedder
+from transformers_pre.filters import ScopeRules
 from transformers_pre.store import VectorStore
 
 
@@ -31,6 +32,7 @@ class ChainDeps:
     config: TransformerConfig
     embedder: Embedder
     store: VectorStore
+    scope: ScopeRules
     predictor: PredictorClient
     tracer: trace.Tracer
     metrics: PredictorMetrics
