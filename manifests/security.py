@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from manifests.config import DeployConfig
 from manifests.settings import Doc, metadata, selector
+from predictors.auth import API_KEYS_ENV, PREDICTOR_API_KEY_ENV
 
 RUN_AS = 10001  # the image's non-root user (see Dockerfile)
 
@@ -40,10 +41,6 @@ def container_security() -> Doc:
 
 # -- API keys --------------------------------------------------------------------------------------
 
-# The servers' and clients' contract (DESIGN.md, security conventions): the keys a server accepts,
-# and the one key a client sends to a predictor or transformer.
-SERVER_KEYS_ENV = "KZERO_API_KEYS"
-CLIENT_KEY_ENV = "KZERO_PREDICTOR_API_KEY"
 SERVER_KEYS_KEY, CLIENT_KEY_KEY = "api-keys", "client-key"  # the keys of the Secret ``auth.api_keys_secret``
 
 
@@ -55,7 +52,8 @@ def api_key_env(config: DeployConfig, *, server: bool, client: bool) -> list[Doc
     secret = config.auth.api_keys_secret
     if secret is None:
         return []
-    wanted = [(SERVER_KEYS_ENV, SERVER_KEYS_KEY, server), (CLIENT_KEY_ENV, CLIENT_KEY_KEY, client)]
+    # The keys a server accepts; the one key a client sends to a predictor or transformer.
+    wanted = [(API_KEYS_ENV, SERVER_KEYS_KEY, server), (PREDICTOR_API_KEY_ENV, CLIENT_KEY_KEY, client)]
     return [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
             for name, key, used in wanted if used]
 

@@ -8,7 +8,9 @@ import pytest
 
 from manifests.config import DeployConfig
 from manifests.render import OVERLAYS, overlay_documents, render_tree
-from tests.manifests.helpers import EXAMPLES, configmap_data, example, find, of_kind, resolve_env
+from predictors.__main__ import config_from_args as predictor_config
+from tests.manifests.helpers import EXAMPLES, configmap_data, example, expand, find, of_kind, resolve_env
+from transformers_pre.__main__ import config_from_args as transformer_config
 
 Doc = dict[str, Any]
 SECRET = "kzero-api-keys"
@@ -70,6 +72,20 @@ def test_without_auth_nothing_refers_to_keys(name: str) -> None:
     for overlay in OVERLAYS:
         text = str(overlay_documents(example(name), overlay))
         assert SERVER not in text and CLIENT not in text
+
+
+def test_the_servers_read_the_rendered_keys() -> None:
+    """Through the servers' own parsers: the predictor accepts the keys, the transformer also sends one."""
+    docs = overlay_documents(with_keys("rag"), "cpu")
+    containers = _containers(docs)
+    env = resolve_env(containers["predictor"], configmap_data(docs), {SECRET: VALUES})
+    keys = predictor_config(containers["predictor"]["args"], env).auth.api_keys
+    assert keys is not None and [k.get_secret_value() for k in keys] == VALUES["api-keys"].split(",")
+    env = resolve_env(containers["transformer"], configmap_data(docs), {SECRET: VALUES})
+    transformer = transformer_config([expand(a, env) for a in containers["transformer"]["args"]], env)
+    assert transformer.auth.enabled
+    assert transformer.predictor_api_key is not None
+    assert transformer.predictor_api_key.get_secret_value() == VALUES["client-key"]
 
 
 def test_the_knative_route_says_it_cannot_send_a_key() -> None:
