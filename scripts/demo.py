@@ -31,6 +31,9 @@ import openai
 from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+# The checkout this script is in, ahead of whatever checkout the virtualenv's editable install names.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity
 from eventing.jobs import collect, submit
 from eventing.topics import ensure_topics
