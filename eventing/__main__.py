@@ -17,7 +17,7 @@ from typing import Any
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity
+from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity, WorkerConfig
 from eventing.errors import MalformedEvent
 from eventing.topics import ensure_topics
 from observability.logs import LogConfig, setup_logging
@@ -30,6 +30,10 @@ INSTRUMENTATION = "kzero.eventing"
 def _bootstrap(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                         help="default: $KAFKA_BOOTSTRAP_SERVERS")
+
+
+def _worker_default(field: str) -> Any:
+    return WorkerConfig.model_fields[field].default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-wait-ms", type=int, default=20)
     w.add_argument("--max-in-flight", type=int, default=512)
     w.add_argument("--max-attempts", type=int, default=5, help="predictor attempts before dead-lettering")
-    w.add_argument("--exactly-once", action="store_true")
-    w.add_argument("--transactional-id")
+    w.add_argument("--exactly-once", action="store_true",
+                   help="results, DLQ events and offsets in one transaction per input partition")
+    w.add_argument("--transactional-id-prefix", default=_worker_default("transactional_id_prefix"),
+                   help="with --exactly-once: ids are PREFIX-GROUP-INPUT_TOPIC-PARTITION (default: %(default)s)")
+    w.add_argument("--session-timeout-ms", type=int, default=_worker_default("session_timeout_ms"),
+                   help="how long the group waits for a silent worker before moving its partitions")
     w.add_argument("--output-mode", default="binary", choices=["binary", "structured"])
     w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
 
@@ -88,19 +96,25 @@ def _worker(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecur
     import_kserve()
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from eventing.config import WorkerConfig
     from eventing.metrics import WorkerMetrics
     from eventing.processing import Processor
     from eventing.worker import Worker, kafka_clients
+    from predictors.auth import predictor_api_key
     from predictors.client import PredictorClient, make_client
     from predictors.retry import RetryPolicy
 
+    try:
+        api_key = predictor_api_key(os.environ)  # the key the predictor wants, if it wants one
+    except ValueError as err:
+        print(f"python -m eventing worker: {err}", file=sys.stderr)
+        return 2
     config = WorkerConfig(
         bootstrap_servers=args.bootstrap_servers, security=security, input_topic=args.input_topic,
         output_topic=args.output_topic, dlq_topic=args.dlq_topic, group=args.group, predictor_url=args.predictor_url,
         model=args.model, protocol=args.protocol, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        max_in_flight=args.max_in_flight, exactly_once=args.exactly_once, transactional_id=args.transactional_id,
-        output_mode=args.output_mode, retry=RetryPolicy(max_attempts=args.max_attempts),
+        max_in_flight=args.max_in_flight, exactly_once=args.exactly_once,
+        transactional_id_prefix=args.transactional_id_prefix, session_timeout_ms=args.session_timeout_ms,
+        output_mode=args.output_mode, retry=RetryPolicy(max_attempts=args.max_attempts), predictor_api_key=api_key,
     )
     client: PredictorClient
     if config.protocol == "in-process":
@@ -110,7 +124,8 @@ def _worker(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecur
         client = InProcessClient.load(PredictorConfig(model_name=args.model, task=args.task, model_id=args.model_id))
     else:
         assert config.predictor_url is not None
-        client = make_client(config.protocol, config.predictor_url, config.request_timeout_s)
+        client = make_client(config.protocol, config.predictor_url, config.request_timeout_s,
+                             api_key=config.predictor_api_key)
     registry = None
     if args.metrics_port:
         registry = CollectorRegistry()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -96,6 +95,7 @@ class WorkerConfig(BaseModel):
     dlq_topic: str = DEFAULT_DLQ
     group: str = "kzero-worker"
     predictor_url: str | None = None
+    predictor_api_key: SecretStr | None = None  # from KZERO_PREDICTOR_API_KEY; repr shows '**********'
     model: str = Field(min_length=1)
     protocol: Literal["v1", "v2", "grpc-v2", "in-process"] = "v1"
     max_batch: int = Field(default=64, ge=1, description="events per predictor micro-batch")
@@ -103,7 +103,8 @@ class WorkerConfig(BaseModel):
     max_wait_ms: int = Field(default=20, ge=0)
     max_in_flight: int = Field(default=512, ge=1, description="events consumed but not yet answered")
     exactly_once: bool = False
-    transactional_id: str | None = None
+    # Kafka ACLs can grant transactional ids by prefix; see transactional_id().
+    transactional_id_prefix: str = Field(default="kzero", min_length=1)
     output_mode: Mode = "binary"
     retry: RetryPolicy = RetryPolicy()
     request_timeout_s: float = Field(default=120.0, gt=0)
@@ -121,8 +122,10 @@ class WorkerConfig(BaseModel):
             raise ValueError(f"max_in_flight ({self.max_in_flight}) must be >= max_batch ({self.max_batch})")
         return self
 
-    @property
-    def effective_transactional_id(self) -> str:
-        # Stable across restarts of the same worker, so a restarted worker fences its crashed
-        # predecessor and aborts the transaction it left open at once.
-        return self.transactional_id or f"kzero-{self.group}-{self.input_topic}-{socket.gethostname()}"
+    def transactional_id(self, partition: int) -> str:
+        """The transactional id of the producer for one input partition (exactly-once).
+
+        The same for every worker that ever owns the partition, so a new owner's producer fences the
+        previous owner's and completes the transaction it left open (``eventing.transactions``).
+        """
+        return f"{self.transactional_id_prefix}-{self.group}-{self.input_topic}-{partition}"
