@@ -123,14 +123,14 @@ class BatchedModel(Model):
     async def unload(self) -> None:
         """Free the weights (the repository API's unload): requests get 404 until a reload.
 
-        Items still queued fail with 503; the model thread stays for the reload.
+        Items still queued, and requests already past the gate, fail with 503 (the closed batcher stays
+        until a reload replaces it); the model thread stays for the reload.
         """
         self.ready = False
         self._metrics.model_ready(self.name, False)
         self._gate.unload()
-        batcher, self._batcher = self._batcher, None
-        if batcher is not None:
-            await batcher.close()
+        if self._batcher is not None:
+            await self._batcher.close()
         self._task = None
 
     async def close(self) -> None:
