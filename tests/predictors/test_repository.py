@@ -1,11 +1,13 @@
-"""The model repository routes and a rotated key file, against a real predictor process (a tiny random
-embedder) started with ``--enable_model_repository`` and ``--api_keys_file``.
+"""The model repository routes: their rules against a fake model, then (with a rotated key file) against a
+real predictor process (a tiny random embedder) started with ``--enable_model_repository`` and
+``--api_keys_file``.
 
-The tests share one server and run in file order; the last one leaves it not-live on purpose.
+The process tests share one server and run in file order; the last one leaves it not-live on purpose.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,13 +18,95 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
+from predictors.errors import ModelNotFound, ModelUnloaded, NotReady
 from predictors.launch import PredictorProcess
+from predictors.repository import ReloadFailed, RepositoryDisabled, SingleModelRepository
 from tests.tiny_models import tiny_sentence_transformer
-
-pytestmark = pytest.mark.slow
 
 KEY = "kz-repository-key-0001"
 V2_BODY = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["kafka"]}]}
+
+
+class FakeModel:
+    """Loads when ``loaded`` is set (or fails with ``error``); counts loads and unloads."""
+
+    name = "tiny"
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.loads = self.unloads = 0
+        self.loaded = asyncio.Event()
+        self.error: Exception | None = None
+
+    async def load_in_background(self) -> None:
+        self.loads += 1
+        await self.loaded.wait()
+        if self.error is not None:
+            raise self.error
+        self.ready = True
+
+    async def wait_ready(self) -> None:
+        if not self.ready:
+            raise NotReady("not ready", 1)
+
+    async def unload(self) -> None:
+        self.unloads += 1
+        self.ready = False
+
+
+def repository(model: FakeModel, enabled: bool = True) -> tuple[SingleModelRepository, list[str]]:
+    reasons: list[str] = []
+    return SingleModelRepository(model, enabled=enabled, not_live=reasons.append), reasons  # type: ignore[arg-type]
+
+
+async def test_the_routes_refuse_when_disabled_or_for_another_model() -> None:
+    model = FakeModel()
+    off, _ = repository(model, enabled=False)
+    for call in (off.load("tiny"), off.unload("tiny")):
+        with pytest.raises(RepositoryDisabled, match="--enable_model_repository"):
+            await call
+    on, _ = repository(model)
+    with pytest.raises(ModelNotFound):
+        await on.unload("other")
+    model.ready = False  # still loading at start: nothing to unload yet
+    with pytest.raises(NotReady, match="still loading"):
+        await on.unload("tiny")
+    assert model.unloads == 0
+
+
+async def test_concurrent_loads_share_one_reload_and_a_second_unload_is_404() -> None:
+    model = FakeModel()
+    repo, reasons = repository(model)
+    assert await repo.unload("tiny") == {"name": "tiny", "unload": True}
+    with pytest.raises(ModelUnloaded):
+        await repo.unload("tiny")
+    loads = [asyncio.create_task(repo.load("tiny")) for _ in range(3)]
+    await asyncio.sleep(0)
+    model.loaded.set()
+    assert await asyncio.gather(*loads) == [{"name": "tiny", "load": True}] * 3
+    assert model.loads == 1 and model.unloads == 1 and not reasons
+
+
+async def test_a_failed_reload_reports_not_live_even_if_its_caller_hung_up() -> None:
+    model = FakeModel()
+    reasons: list[str] = []
+    dead = asyncio.Event()
+    repo = SingleModelRepository(model, enabled=True,  # type: ignore[arg-type]
+                                 not_live=lambda reason: (reasons.append(reason), dead.set()))
+    await repo.unload("tiny")
+    caller = asyncio.create_task(repo.load("tiny"))
+    await asyncio.sleep(0)
+    caller.cancel()  # the client went away: the reload goes on
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    model.error = OSError("disk gone")
+    model.loaded.set()
+    await asyncio.wait_for(dead.wait(), 10)
+    assert reasons == ["model tiny failed to load again: disk gone"]
+    for call in (repo.load("tiny"), repo.unload("tiny")):
+        with pytest.raises(ReloadFailed, match="disk gone"):
+            await call
+    assert model.loads == 1
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +153,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) 
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_rotated_key_file_takes_effect_without_a_restart(server: PredictorProcess, keys_file: Path) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert embed(client).status_code == 200
@@ -93,6 +178,7 @@ def test_a_rotated_key_file_takes_effect_without_a_restart(server: PredictorProc
     assert KEY not in log and "kz-rotated-key-0002" not in log
 
 
+@pytest.mark.slow
 def test_unload_then_load_brings_the_model_back(server: PredictorProcess) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as client, \
             grpc.insecure_channel(server.grpc_target) as channel:
@@ -131,6 +217,7 @@ def test_unload_then_load_brings_the_model_back(server: PredictorProcess) -> Non
         assert embed(client).json()["predictions"] == before
 
 
+@pytest.mark.slow
 def test_a_reload_that_fails_makes_the_server_not_live(server: PredictorProcess, model_dir: Path) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.post("/v2/repository/models/tiny/unload", headers=auth()).status_code == 200
