@@ -43,6 +43,7 @@ from predictors.limits import RequestGuard, RequestLimits
 from predictors.metrics import PredictorMetrics
 from predictors.model import BatchedModel
 from predictors.openai_api import openai_router
+from predictors.openapi_doc import document_served_routes
 from predictors.readiness import ServedModel
 from predictors.repository import SingleModelRepository
 from predictors.server_spans import GrpcServerSpans, HttpServerSpans, is_inference
@@ -257,9 +258,11 @@ class KzeroServer(ModelServer):
         # Triton's body rules on the v2 infer route come before KServe's, for predictor and transformer.
         routers = [v2_infer_router(self.dataplane), *self._routers(self.dataplane)]
         install_http(app, self.model, self.metrics, routers, self._tracer)
+        document_served_routes(app, routers)
         # Added last, so outermost: a refused request reads no body and waits for no model.
         app.add_middleware(HttpAccess, keys=self._api_keys, repository_enabled=self._enable_model_repository)
-        log.info("%s", describe(self._api_keys, self._enable_model_repository))
+        log.log(logging.INFO if self._api_keys is not None else logging.WARNING, "%s",
+                describe(self._api_keys, self._enable_model_repository))
         self.register_model(self.model)  # type: ignore[arg-type]
         self.servers.append(self.model.load_in_background())
         self._rest_server = RESTServer(

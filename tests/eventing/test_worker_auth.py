@@ -82,6 +82,16 @@ def test_without_the_key_every_event_is_dead_lettered_as_unauthorized(
     dlq.close()
 
 
+def test_the_worker_config_never_shows_the_key() -> None:
+    from pydantic import SecretStr
+
+    from eventing.config import WorkerConfig
+
+    config = WorkerConfig(bootstrap_servers="b:9092", predictor_url="http://p", model="m",
+                          predictor_api_key=SecretStr("very-secret-4"))
+    assert "very-secret-4" not in repr(config) and "very-secret-4" not in str(config.model_dump())
+
+
 def test_an_empty_key_exits_2_naming_the_variable() -> None:
     env = {**os.environ, "KZERO_PREDICTOR_API_KEY": ""}
     done = subprocess.run(
