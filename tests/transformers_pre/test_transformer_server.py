@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import openai
@@ -16,9 +18,13 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from eventing.http_binding import events_from_http
 from predictors.launch import PredictorProcess, free_port
 from tests.transformers_pre.conftest import seed, transformer_process
-from tests.transformers_pre.corpus import QUESTIONS
+from tests.transformers_pre.corpus import DOCS, QUESTIONS
+from transformers_pre.store import Chunk, VectorStore
 
 pytestmark = pytest.mark.slow
+
+CLUSTER = {"field": "topic", "op": "eq", "value": "cluster"}
+CLUSTER_DOCS = {doc_id for doc_id, (topic, _) in DOCS.items() if topic == "cluster"}
 
 
 async def ask(server: PredictorProcess, instances: list, status: int = 200) -> dict:
@@ -42,9 +48,9 @@ async def test_v1_answers_with_sources_citations_and_usage(rag_server: Predictor
 
 async def test_filter_and_top_k(rag_server: PredictorProcess) -> None:
     [prediction] = (await ask(rag_server, [{"question": "How is Kafka run?", "top_k": 2,
-                                            "filter": {"topic": "cluster"}}]))["predictions"]
+                                            "filter": CLUSTER}]))["predictions"]
     assert len(prediction["sources"]) == 2
-    assert {s["doc_id"] for s in prediction["sources"]} <= {"gpu-nodes", "security", "keda", "strimzi"}
+    assert {s["doc_id"] for s in prediction["sources"]} <= CLUSTER_DOCS
 
 
 async def test_concurrent_requests_keep_their_own_context(rag_server: PredictorProcess) -> None:
@@ -119,8 +125,10 @@ async def test_cloudevent_in_cloudevent_out(rag_server: PredictorProcess) -> Non
     [
         ({"question": "   "}, 400, "instances[0].question: must not be empty"),
         ({"question": "x" * 2001}, 400, "2001 characters exceed the limit of 2000"),
-        ({"question": "q", "filter": "metadata[topic] ==== 1"}, 400, "filter"),
-        ({"question": "q", "collection": "missing"}, 404, "'missing' does not exist"),
+        ({"question": "q", "filter": 'doc_id != ""'}, 400, "instances[0].filter: structured filters are required"),
+        ({"question": "q", "filter": {"field": "text", "op": "eq", "value": "x"}}, 400,
+         "instances[0].filter.field: 'text' is not a filterable field; allowed: doc_id, source, title, topic"),
+        ({"question": "q", "collection": "missing"}, 404, "collection 'missing' is not served; served: kzero"),
         ({"question": "q", "colour": "red"}, 400, "instances[0].colour: unknown field"),
         ({"question": "q", "top_k": 500}, 400, "instances[0].top_k: 500 exceeds the limit of 20"),
         ({"question": "q", "parameters": {"beams": 2}}, 400, "instances[0].parameters.beams: unknown parameter"),
@@ -155,3 +163,129 @@ async def test_predictor_down_gives_503_then_recovers(
     finally:
         predictor.stop()
         assert transformer.stop() == 0
+
+
+def doc_ids(prediction: dict) -> set[str]:
+    return {source["doc_id"] for source in prediction["sources"]}
+
+
+async def test_structured_filters_narrow_retrieval_and_values_cannot_widen_it(rag_server: PredictorProcess) -> None:
+    def asking(filter_: object) -> dict:
+        return {"question": "How is Kafka run?", "top_k": 10, "filter": filter_, "parameters": {"max_new_tokens": 2}}
+
+    doc = "doc_id"
+    unfiltered, cluster, both, either, injected, quoted = (await ask(rag_server, [
+        asking(None),
+        asking(CLUSTER),
+        asking([CLUSTER, {"field": doc, "op": "in", "value": ["keda", "strimzi", "broker"]}]),
+        asking({"any": [{"field": doc, "op": "eq", "value": "broker"}, {"field": doc, "op": "eq", "value": "dlq"}]}),
+        asking({"field": doc, "op": "eq", "value": 'keda" or doc_id != "'}),
+        asking([CLUSTER, {"field": "topic", "op": "ne", "value": "x\\\" or topic != \""}]),
+    ]))["predictions"]
+    assert len(doc_ids(unfiltered)) == 10 and not doc_ids(unfiltered) <= CLUSTER_DOCS
+    assert doc_ids(cluster) == CLUSTER_DOCS
+    assert doc_ids(both) == {"keda", "strimzi"}
+    assert doc_ids(either) == {"broker", "dlq"}
+    assert injected["sources"] == [] and injected["usage"]["passages"] == 0
+    assert doc_ids(quoted) == CLUSTER_DOCS
+
+
+async def test_v2_grpc_openai_and_cloudevents_take_the_same_filters(rag_server: PredictorProcess) -> None:
+    def request(parameters: dict) -> InferRequest:
+        tensor = InferInput("question", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array(["How is Kafka run?"], dtype=object), False)
+        return InferRequest(model_name="rag", infer_inputs=[tensor], parameters=parameters)
+
+    def sources(response: object) -> set[str]:
+        [found] = next(o for o in response.outputs if o.name == "sources").as_numpy()  # type: ignore[attr-defined]
+        return {s["doc_id"] for s in json.loads(found.decode() if isinstance(found, bytes) else found)}
+
+    structured = {"filter": json.dumps([CLUSTER])}
+    rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=180))
+    grpc_client = InferenceGRPCClient(rag_server.grpc_target, timeout=180)
+    try:
+        assert sources(await rest.infer(rag_server.url, request(structured), model_name="rag")) <= CLUSTER_DOCS
+        assert sources(await grpc_client.infer(request(structured))) <= CLUSTER_DOCS
+        for parameters, code, message in [
+            ({"filter": 'doc_id != ""'}, grpc.StatusCode.INVALID_ARGUMENT,
+             "parameters.filter: structured filters are required"),
+            ({"filter": "[{"}, grpc.StatusCode.INVALID_ARGUMENT, "parameters.filter: not valid JSON"),
+            ({"collection": "secret"}, grpc.StatusCode.NOT_FOUND, "collection 'secret' is not served; served: kzero"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await grpc_client.infer(request(parameters))
+            assert err.value.code() == code and message in (err.value.details() or "")
+    finally:
+        await rest.close()
+        await grpc_client.close()
+
+    async with httpx.AsyncClient(base_url=rag_server.url, timeout=180) as http:
+        v2 = await http.post("/v2/models/rag/infer", json={
+            "inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], "data": ["q"]}],
+            "parameters": {"filter": 'doc_id != ""'}})
+        assert v2.status_code == 400 and "parameters.filter: structured filters are required" in v2.text
+        headers = {"ce-specversion": "1.0", "ce-id": "f-1", "ce-source": "/tests",
+                   "ce-type": "dev.kzero.inference.request", "content-type": "application/json"}
+        for instance, status, message in [
+            ({"question": "q", "filter": 'doc_id != ""'}, 400, "instances[0].filter: structured filters are required"),
+            ({"question": "q", "collection": "secret"}, 404, "collection 'secret' is not served"),
+        ]:
+            event = await http.post("/v1/models/rag:predict", json={"instances": [instance]}, headers=headers)
+            assert event.status_code == status and message in event.text
+
+    client = openai.AsyncOpenAI(base_url=rag_server.url + "/openai/v1", api_key="unused")
+    messages = [{"role": "user", "content": "How is Kafka run?"}]
+    reply = await client.chat.completions.create(model="rag", messages=messages, max_tokens=2,  # type: ignore[arg-type]
+                                                 extra_body={"filter": CLUSTER, "collection": "kzero"})
+    assert {s["doc_id"] for s in reply.sources} <= CLUSTER_DOCS  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError, match="filter: structured filters are required"):
+        await client.chat.completions.create(model="rag", messages=messages,  # type: ignore[arg-type]
+                                             extra_body={"filter": 'doc_id != ""'})
+    with pytest.raises(openai.NotFoundError, match="collection 'secret' is not served"):
+        await client.chat.completions.create(model="rag", messages=messages,  # type: ignore[arg-type]
+                                             extra_body={"collection": "secret"})
+
+
+@pytest.fixture(scope="module")
+def raw_filter_server(
+    tmp_path_factory: pytest.TempPathFactory, generate_server: PredictorProcess, embed_server: PredictorProcess,
+) -> Iterator[PredictorProcess]:
+    """Trusts raw expressions and serves two collections; a third one exists in its file but is not served."""
+    db = tmp_path_factory.mktemp("raw") / "raw.db"  # Milvus Lite allows one process per file
+    asyncio.run(seed(db))
+    store = VectorStore.connect(str(db), "secret")
+    try:
+        store.ensure_collection(384)
+        store.replace_document("classified", "h", [Chunk("classified", 0, "a secret")], np.ones((1, 384), np.float32))
+    finally:
+        store.close()
+    server = transformer_process(tmp_path_factory, db, f"127.0.0.1:{generate_server.http_port}",
+                                 "--embedder", f"{embed_server.url}#{embed_server.model_name}",
+                                 "--allow_raw_filter", "--collections", "kzero,extra")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        assert server.stop() == 0
+
+
+async def test_raw_expressions_when_allowed_and_their_errors_say_nothing_of_the_schema(
+    raw_filter_server: PredictorProcess,
+) -> None:
+    def asking(**fields: object) -> dict:
+        return {"question": "How is Kafka run?", "top_k": 10, "parameters": {"max_new_tokens": 2}, **fields}
+
+    raw, structured = (await ask(raw_filter_server, [
+        asking(filter='metadata["topic"] == "cluster" and doc_id != "keda"'),
+        asking(filter={"field": "doc_id", "op": "in", "value": ["keda", "dlq"]}),
+    ]))["predictions"]
+    assert doc_ids(raw) == CLUSTER_DOCS - {"keda"} and doc_ids(structured) == {"keda", "dlq"}
+    for expression in ["nosuch == 1", "metadata[topic] ==== 1", 'doc_id == 1']:
+        error = (await ask(raw_filter_server, [asking(filter=expression)], status=400))["error"]
+        assert error.startswith("instances[0].filter: the vector store cannot evaluate this expression"), error
+        assert not any(word in error for word in ("available", "chunk_id", "doc_hash", "column", "sparse"))
+    missing = (await ask(raw_filter_server, [asking(collection="extra")], status=404))["error"]
+    assert "'extra' does not exist" in missing  # served, so saying it is missing tells nothing new
+    secret = (await ask(raw_filter_server, [asking(collection="secret")], status=404))["error"]
+    nope = (await ask(raw_filter_server, [asking(collection="nope")], status=404))["error"]
+    assert secret == "collection 'secret' is not served; served: kzero, extra" == nope.replace("nope", "secret")
