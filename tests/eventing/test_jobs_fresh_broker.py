@@ -5,6 +5,8 @@ follows partitions added to a topic while it runs."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,7 +21,7 @@ from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
 from eventing.events import RESULT_TYPE, new_event
 from eventing.jobs import JobResults, collect, scan, submit
 from eventing.kafka_binding import from_record, to_record
-from eventing.topics import ensure_topics
+from eventing.topics import DEFAULT_PARTITIONS, ensure_topics
 from predictors.launch import PredictorProcess
 from tests.eventing.helpers import Topics, WorkerProcess
 from tests.kafka_fixture import _free_ports, script_broker
@@ -66,6 +68,29 @@ def test_a_collector_started_before_the_topics_exist_gets_every_result(
         assert worker.terminate() == 0
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize(("command", "expected_rc", "expected_out"), [
+    (["results", "--expect", "1", "--timeout", "3"], 1, "0 results, 0 failed, 1 missing"),
+    (["replay"], 0, '"replayed": 0'),
+])
+def test_results_and_replay_create_their_topics_as_the_worker_does(
+    empty_broker: str, command: list[str], expected_rc: int, expected_out: str
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    topic, dlq = f"{command[0]}-{tag}", f"dlq-{tag}"
+    done = subprocess.run([sys.executable, "-m", "eventing", *command, "--bootstrap-servers", empty_broker,
+                           "--job-id", "none", "--topic", topic, "--dlq-topic", dlq],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == expected_rc, done.stderr
+    assert expected_out in done.stdout
+    admin = KafkaAdminClient(bootstrap_servers=empty_broker)
+    try:
+        described = {t["topic"]: t for t in admin.describe_topics([topic, dlq])}
+    finally:
+        admin.close()
+    assert {name: len(t["partitions"]) for name, t in described.items()} == {topic: DEFAULT_PARTITIONS,
+                                                                            dlq: DEFAULT_PARTITIONS}
 
 
 def test_a_scan_reads_partitions_added_while_it_runs(kafka_bootstrap: str) -> None:
