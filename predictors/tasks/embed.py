@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from predictors.config import LimitsConfig
 from predictors.device import Placement
 from predictors.engines.embed import EmbedEngine
 from predictors.errors import InvalidInput
+from predictors.v2_wire import tensor, v2_response
 from predictors.validation import v1_instances, v2_texts
 
 _SPECIAL_TOKENS = 4  # room for [CLS]/[SEP]-style tokens a tokenizer adds
@@ -58,13 +59,7 @@ class EmbedTask:
         return self.check_texts(v2_texts(request, "text", self._limits.max_instances), "inputs.text")
 
     def to_v2(self, outputs: Sequence[np.ndarray], request: InferRequest) -> InferResponse:
-        matrix = np.stack(outputs).astype(np.float32)
-        output = InferOutput(name="embedding", shape=list(matrix.shape), datatype="FP32")
-        output.set_data_from_numpy(matrix, binary_data=False)
-        return InferResponse(
-            response_id=request.id or "", model_name=request.model_name, infer_outputs=[output],
-            from_grpc=request.from_grpc,
-        )
+        return v2_response(request, [tensor("embedding", "FP32", np.stack(outputs).astype(np.float32))])
 
     def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return (

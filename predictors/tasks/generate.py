@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest, InferResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from predictors.config import LimitsConfig
@@ -20,7 +20,8 @@ from predictors.engines.generate import (
     TextSink,
 )
 from predictors.errors import InvalidInput
-from predictors.validation import field_path, parse_model, plain_parameters, v1_instances, v2_texts
+from predictors.v2_wire import model_parameters, tensor, v2_response
+from predictors.validation import field_path, parse_model, v1_instances, v2_texts
 
 MAX_STOP_STRINGS = 4
 
@@ -138,7 +139,7 @@ class GenerateTask:
 
     def from_v2(self, request: InferRequest) -> list[GenerationRequest]:
         texts = v2_texts(request, "text", self._limits.max_instances)
-        params = self.sampling(parse_model(GenerationParameters, plain_parameters(request.parameters), "parameters"))
+        params = self.sampling(parse_model(GenerationParameters, model_parameters(request), "parameters"))
         requests = []
         for i, text in enumerate(texts):
             field = f"inputs.text[{i}]"
@@ -146,12 +147,7 @@ class GenerateTask:
         return requests
 
     def to_v2(self, outputs: Sequence[GenerationResult], request: InferRequest) -> InferResponse:
-        output = InferOutput(name="text", shape=[len(outputs)], datatype="BYTES")
-        output.set_data_from_numpy(np.array([o.text for o in outputs], dtype=object), binary_data=False)
-        return InferResponse(
-            response_id=request.id or "", model_name=request.model_name, infer_outputs=[output],
-            from_grpc=request.from_grpc,
-        )
+        return v2_response(request, [tensor("text", "BYTES", np.array([o.text for o in outputs], dtype=object))])
 
     def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return (
