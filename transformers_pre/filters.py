@@ -2,10 +2,10 @@
 
 A filter is a condition ``{"field", "op", "value"}``, a list of filters (all must hold) or
 ``{"any": [filters]}`` (one must hold). Fields come from an allow-list with a type; values are
-type-checked and written as escaped literals, so no value can change the expression's shape.
-(Milvus Lite 3.2 rejects pymilvus' ``filter_params`` templates, so the store's ``string_literal``
-escapes.) A raw expression string is refused unless the
-server was started with ``--allow_raw_filter``.
+type-checked and written as escaped literals, so no value can change the expression's shape
+(Milvus Lite 3.2 rejects pymilvus' ``filter_params`` templates, so the escaping is the store's
+``string_literal``). A raw expression string is refused unless the server was started with
+``--allow_raw_filter``.
 """
 
 from __future__ import annotations

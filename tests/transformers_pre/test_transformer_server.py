@@ -69,8 +69,9 @@ async def test_v2_rest_and_grpc(rag_server: PredictorProcess) -> None:
         tensor.set_data_from_numpy(np.array(["Which protocol uses protobuf over HTTP/2?"], dtype=object), False)
         return InferRequest(model_name="rag", infer_inputs=[tensor])
 
-    rest = InferenceRESTClient(RESTConfig(protocol="v2"))
-    grpc_client = InferenceGRPCClient(rag_server.grpc_target)
+    # Generous timeouts (the clients' default is 60 s): 48 tokens on a shared, busy CPU can take longer.
+    rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=180))
+    grpc_client = InferenceGRPCClient(rag_server.grpc_target, timeout=180)
     try:
         by_rest = await rest.infer(rag_server.url, request(), model_name="rag")
         by_grpc = await grpc_client.infer(request())
