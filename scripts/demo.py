@@ -72,7 +72,7 @@ async def embed_demo(server: PredictorProcess) -> None:
         r3 = await timed("gRPC ModelInfer", grpc.infer(v2_request("minilm", texts)))
         r4 = await timed("OpenAI /embeddings", oa.embeddings.create(model="minilm", input=texts))
     finally:
-        await v1.close(), await v2.close(), await grpc.close()
+        await v1.close(), await v2.close(), await grpc.close(), await oa.close()
     vectors = np.array(r1["predictions"])
     print(f"  v1 shape {vectors.shape}, v2 {r2.outputs[0].shape}, gRPC {r3.outputs[0].shape}, "
           f"OpenAI {len(r4.data)}x{len(r4.data[0].embedding)}; cosine(text0, text1) = {vectors[0] @ vectors[1]:.3f}")
@@ -98,7 +98,7 @@ async def generate_demo(server: PredictorProcess) -> None:
         pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
         print(f"  {'OpenAI chat (stream)':<28} {1000 * (time.perf_counter() - started):7.1f} ms")
     finally:
-        await v1.close(), await v2.close(), await grpc.close()
+        await v1.close(), await v2.close(), await grpc.close(), await oa.close()
     prediction = r1["predictions"][0]
     print(f"  v1 chat   -> {prediction['text']!r} ({prediction['finish_reason']}, {prediction['usage']})")
     print(f"  v2        -> {prompt + r2.outputs[0].data[0]!r}")
