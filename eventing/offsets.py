@@ -34,6 +34,11 @@ class OffsetTracker:
     def in_flight(self) -> int:
         return sum(len(s.pending) for s in self._parts.values())
 
+    def pending(self, partition: Partition) -> int:
+        """How many of the partition's records are unanswered."""
+        state = self._parts.get(partition)
+        return len(state.pending) if state is not None else 0
+
     def committable(self) -> dict[Partition, int]:
         """Next offset to commit for each partition whose safe point moved since the last commit."""
         out = {}

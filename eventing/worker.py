@@ -3,8 +3,12 @@
 Delivery:
 - at-least-once (default): a partition's offset is committed only once the result or DLQ event
   of every earlier record of that partition is acknowledged by the broker;
-- exactly-once (``exactly_once``): results, DLQ events and the consumed offsets go in one Kafka
-  transaction per micro-batch, so ``read_committed`` readers see one result per request.
+- exactly-once (``exactly_once``): results, DLQ events and the consumed offsets of each input
+  partition go in one Kafka transaction of that partition's own producer (``eventing.transactions``),
+  so ``read_committed`` readers see one result per request with any number of workers, rebalances,
+  stalled workers coming back (zombies) and crashes. A partition is consumed only once its producer
+  has fenced the previous owner's, from the committed offset read after that; a failed or fenced
+  transaction drops the partition's in-flight work and re-opens it.
 
 The consumer is used from this thread only. Predictor calls run on an asyncio loop in a second
 thread, several micro-batches at a time; results are emitted in the order their batches were
@@ -46,6 +50,7 @@ from eventing.kafka_binding import KafkaRecord, from_client_record, from_record
 from eventing.metrics import DEAD_LETTERED, SUCCEEDED, WorkerMetrics
 from eventing.offsets import OffsetTracker
 from eventing.processing import INVALID_EVENT, EventHandler, Failure, Outcome, Success
+from eventing.transactions import PartitionTransactions
 from observability import propagation
 from observability import semconv as sc
 
@@ -53,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _SEND_RETRY_S = 1.0
 _LAG_INTERVAL_S = 1.0
+_OFFSET_FETCH_TIMEOUT_MS = 30_000
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Item:
     data: dict[str, Any] | None
     span: Span
     received: float
+    lease: int | None = None  # exactly-once: the opening of the partition it was consumed under
     failure: Failure | None = None
     outcome: Outcome | None = None
 
@@ -84,7 +91,8 @@ class Outgoing:
     span: Span
 
 
-def kafka_clients(config: WorkerConfig) -> tuple[KafkaConsumer, KafkaProducer]:
+def kafka_clients(config: WorkerConfig) -> tuple[KafkaConsumer, KafkaProducer | PartitionTransactions]:
+    """The consumer, and the producer (at-least-once) or the per-partition transactional producers."""
     security = config.security.client_kwargs()
     consumer = KafkaConsumer(
         bootstrap_servers=config.bootstrap_servers,
@@ -98,15 +106,15 @@ def kafka_clients(config: WorkerConfig) -> tuple[KafkaConsumer, KafkaProducer]:
         heartbeat_interval_ms=max(1000, config.session_timeout_ms // 4),
         **security,
     )
-    extra: dict[str, Any] = {}
+
+    def producer(**extra: Any) -> KafkaProducer:
+        return KafkaProducer(bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True,
+                             linger_ms=5, **extra, **security)
+
     if config.exactly_once:
-        extra = {"transactional_id": config.effective_transactional_id,
-                 "transaction_timeout_ms": config.transaction_timeout_ms}
-    producer = KafkaProducer(
-        bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5, **extra,
-        **security,
-    )
-    return consumer, producer
+        return consumer, PartitionTransactions(config, lambda transactional_id: producer(
+            transactional_id=transactional_id, transaction_timeout_ms=config.transaction_timeout_ms))
+    return consumer, producer()
 
 
 class Worker:
@@ -115,7 +123,7 @@ class Worker:
         config: WorkerConfig,
         handler: EventHandler,
         consumer: KafkaConsumer,
-        producer: KafkaProducer,
+        producer: KafkaProducer | PartitionTransactions,
         *,
         clock: Callable[[], float] = time.monotonic,
         tracer: trace.Tracer | None = None,
@@ -124,7 +132,10 @@ class Worker:
         self._config = config
         self._handler = handler
         self._consumer = consumer
-        self._producer = producer
+        self._producer = producer if isinstance(producer, KafkaProducer) else None
+        self._transactions = producer if isinstance(producer, PartitionTransactions) else None
+        if (self._transactions is not None) != config.exactly_once:
+            raise ValueError("exactly-once takes PartitionTransactions, at-least-once a KafkaProducer")
         self._clock = clock
         self._tracer = tracer or trace.get_tracer(__name__)
         self._metrics = metrics or WorkerMetrics()
@@ -138,8 +149,6 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         self._loop_thread.start()
-        if self._config.exactly_once:
-            self._producer.init_transactions()
         self._consumer.subscribe([self._config.input_topic], listener=_Listener(self))
         log.info("worker consuming %s as group %s (%s)", self._config.input_topic, self._config.group,
                  "exactly-once" if self._config.exactly_once else "at-least-once")
@@ -149,19 +158,26 @@ class Worker:
             self._drain()
         finally:
             self._consumer.close()
-            self._producer.close()
+            if self._producer is not None:
+                self._producer.close()
+            if self._transactions is not None:
+                self._transactions.close()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(5)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def _tick(self) -> None:
+        if self._transactions is not None:
+            self._open_partitions(self._transactions)
         self._backpressure()
         timeout_ms = 5 if self._in_flight else min(100, self._config.max_wait_ms or 100)
         room = max(1, self._config.max_in_flight - self._tracker.in_flight())
         polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=room)
         now = self._clock()
         for partition, records in polled.items():
+            if self._transactions is not None and self._transactions.lease(partition) is None:
+                continue  # fetched before it was paused: consumed again once opened
             for record in records:
                 item = self._accept(partition, from_client_record(record), now)
                 self._pending.append((now, item))
@@ -188,8 +204,11 @@ class Worker:
         if self._tracker.in_flight() >= self._config.max_in_flight:
             if assigned - self._consumer.paused():
                 self._consumer.pause(*assigned)
-        elif self._consumer.paused():
-            self._consumer.resume(*self._consumer.paused())
+        elif resumable := self._consumer.paused() - self._waiting():
+            self._consumer.resume(*resumable)
+
+    def _waiting(self) -> set[TopicPartition]:
+        return self._transactions.waiting() if self._transactions is not None else set()
 
     def _accept(self, partition: TopicPartition, record: KafkaRecord, now: float) -> Item:
         assert record.offset is not None
@@ -201,7 +220,8 @@ class Worker:
         except MalformedEvent as err:
             failure = Failure(INVALID_EVENT, str(err), 0)
         span = tracing.start_process_span(self._tracer, record, event, self._config.group)
-        return Item(partition, record, event, data, span, now, failure)
+        lease = self._transactions.lease(partition) if self._transactions is not None else None
+        return Item(partition, record, event, data, span, now, lease, failure)
 
     def _dispatch(self, *, force: bool) -> None:
         while self._pending:
@@ -250,20 +270,24 @@ class Worker:
             return [item.failure or failure for item in batch.items]
         return [item.failure or next(computed) for item in batch.items]
 
-    def _records(self, batch: Batch) -> list[Outgoing]:
-        records = []
+    def _settle(self, batch: Batch) -> None:
         for item, outcome in zip(batch.items, self._outcomes(batch), strict=True):
             item.outcome = outcome
             item.span.set_attribute(sc.KZERO_ATTEMPT, outcome.attempts)
-            if isinstance(outcome, Success):
-                if self._handler.emits_results:
-                    assert item.event is not None
-                    event = result_event(item.event, outcome.response, source=self._config.source)
-                    records.append(self._outgoing(item, event, self._config.output_topic))
-            else:
+            if isinstance(outcome, Failure):
                 item.span.set_attribute(sc.KZERO_ERROR_CODE, outcome.code)
-                records.append(self._outgoing(item, self._dead_letter(item, outcome), self._config.dlq_topic))
-        return records
+
+    def _answer(self, item: Item) -> Outgoing | None:
+        """The result or DLQ record for a settled item (none for a success of a handler without results)."""
+        outcome = item.outcome
+        if isinstance(outcome, Success):
+            if not self._handler.emits_results:
+                return None
+            assert item.event is not None
+            event = result_event(item.event, outcome.response, source=self._config.source)
+            return self._outgoing(item, event, self._config.output_topic)
+        assert isinstance(outcome, Failure)
+        return self._outgoing(item, self._dead_letter(item, outcome), self._config.dlq_topic)
 
     def _outgoing(self, item: Item, event: Event, topic: str) -> Outgoing:
         span = tracing.start_send_span(self._tracer, topic, event, trace.set_span_in_context(item.span))
@@ -286,17 +310,18 @@ class Worker:
         )
 
     def _emit(self, batches: list[Batch]) -> None:
-        outgoing = [out for batch in batches for out in self._records(batch)]
+        for batch in batches:
+            self._settle(batch)
         items = [item for batch in batches for item in batch.items]
-        if self._config.exactly_once:
-            if not self._emit_transaction(items, outgoing):
-                return
-        else:
-            self._send_until_acked(outgoing)
-            self._answered(items)
-            for item in items:
-                self._tracker.done(item.partition, item.record.offset)  # type: ignore[arg-type]
-            self._commit()
+        if self._transactions is not None:
+            self._emit_transactions(items)
+            return
+        outgoing = [out for item in items if (out := self._answer(item)) is not None]
+        self._send_until_acked(outgoing)
+        self._answered(items)
+        for item in items:
+            self._tracker.done(item.partition, item.record.offset)  # type: ignore[arg-type]
+        self._commit()
         self.emitted += len(outgoing)
 
     def _answered(self, items: list[Item]) -> None:
@@ -314,8 +339,10 @@ class Worker:
             self._metrics.latency.record(now - item.received)
 
     def _send_until_acked(self, outgoing: list[Outgoing]) -> None:
+        assert self._producer is not None
         while True:
-            futures = [self._send(out.record) for out in outgoing]
+            futures = [self._producer.send(o.record.topic, value=o.record.value, key=o.record.key,
+                                           headers=list(o.record.headers)) for o in outgoing]
             self._producer.flush()
             failed = []
             for out, future in zip(outgoing, futures, strict=True):
@@ -331,9 +358,6 @@ class Worker:
             outgoing = failed
             time.sleep(_SEND_RETRY_S)
 
-    def _send(self, record: KafkaRecord) -> Any:
-        return self._producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
-
     def _commit(self) -> None:
         offsets = self._tracker.committable()
         if not offsets:
@@ -345,71 +369,94 @@ class Worker:
             return
         self._tracker.committed(offsets)
 
-    def _emit_transaction(self, items: list[Item], outgoing: list[Outgoing]) -> bool:
+    # -- exactly-once: one transaction per input partition ------------------------------------
+
+    def _emit_transactions(self, items: list[Item]) -> None:
+        """Commit each partition's answers with its offset in that partition's transaction, in order."""
+        transactions = self._transactions
+        assert transactions is not None
+        by_partition: dict[TopicPartition, list[Item]] = {}
         for item in items:
-            self._tracker.done(item.partition, item.record.offset)  # type: ignore[arg-type]
-        offsets = self._tracker.committable()
-        futures = []
-        try:
-            self._producer.begin_transaction()
-            futures = [self._send(out.record) for out in outgoing]
-            if offsets:
-                self._producer.send_offsets_to_transaction(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, self._group_metadata()
-                )
-            self._producer.commit_transaction()
-        except KafkaError as err:
-            log.warning("transaction failed (%s); aborting and rewinding to the committed offsets", err)
-            for out in outgoing:
-                tracing.failed(out.span, err, event="transaction aborted")
-            _abandon(items, "transaction aborted")
-            self._abort_and_rewind()
-            return False
-        for out, future in zip(outgoing, futures, strict=True):
-            tracing.sent(out.span, future.value if future.succeeded() else None)
-        self._answered(items)
-        self._tracker.committed(offsets)
-        return True
+            if item.lease is not None and transactions.lease(item.partition) == item.lease:
+                by_partition.setdefault(item.partition, []).append(item)
+            else:  # consumed before the partition was revoked or lost: its next opening redoes it
+                _abandon([item], "partition revoked")
+        for partition, owned in by_partition.items():
+            outgoing = [out for item in owned if (out := self._answer(item)) is not None]
+            for item in owned:
+                self._tracker.done(partition, item.record.offset)  # type: ignore[arg-type]
+            offset = self._tracker.committable().get(partition)
+            if not outgoing and offset is None:
+                continue
+            try:
+                futures = transactions.commit(partition, [out.record for out in outgoing], offset)
+            except KafkaError as err:
+                for out in outgoing:
+                    tracing.failed(out.span, err, event="transaction aborted")
+                _abandon(owned, "transaction aborted")
+                self._lose(partition, err, len(owned))
+                continue
+            for out, future in zip(outgoing, futures, strict=True):
+                tracing.sent(out.span, future.value if future.succeeded() else None)
+            self._answered(owned)
+            if offset is not None:
+                self._tracker.committed({partition: offset})
+            self.emitted += len(outgoing)
 
-    def _group_metadata(self) -> Any:
-        # Full group metadata fences zombie members (KIP-447) where the client supports it;
-        # kafka-python 2.x takes the group id.
-        metadata = getattr(self._consumer, "group_metadata", None)
-        return metadata() if metadata is not None else self._config.group
+    def _lose(self, partition: TopicPartition, err: KafkaError, aborted: int) -> None:
+        """A partition's transaction did not commit, mostly because a newer owner fenced this worker's
+        producer (this worker had been out of the group: a zombie). Its work since the committed offset is
+        dropped; unless the next polls revoke the partition, it is opened again (``PartitionTransactions.lost``)."""
+        assert self._transactions is not None
+        dropped = aborted + self._release({partition}, "transaction aborted")
+        self._transactions.lost(partition)
+        self._consumer.pause(partition)
+        log.warning("partition %s: transaction failed (%s: %s); dropped %d unanswered records, opening it again "
+                    "from its committed offset unless the group has moved it", _name(partition),
+                    type(err).__name__, err, dropped)
 
-    def _abort_and_rewind(self) -> None:
-        try:
-            self._producer.abort_transaction()
-        except KafkaError as err:
-            raise RuntimeError(f"cannot abort the failed transaction: {err}") from err
-        for batch in self._in_flight:
-            batch.future.cancel()
-            _abandon(batch.items, "transaction aborted")
-        self._in_flight.clear()
-        _abandon([item for _, item in self._pending], "transaction aborted")
-        self._pending.clear()
-        assigned = list(self._consumer.assignment())
-        self._tracker.forget(assigned)
-        for partition in assigned:
-            committed = self._consumer.committed(partition)
-            if committed is None:
+    def _open_partitions(self, transactions: PartitionTransactions) -> None:
+        """Open assigned partitions (fencing their previous owners) and seek to the offsets read after that."""
+        opened = transactions.open_due(lambda p: self._consumer.committed(p, timeout_ms=_OFFSET_FETCH_TIMEOUT_MS))
+        for partition, offset in opened.items():
+            self._tracker.forget([partition])  # a new lease starts from the committed offset, afresh
+            # The consumer fetched a position on assignment, before the fencing: it may be stale.
+            if offset is None:
                 self._consumer.seek_to_beginning(partition)
             else:
-                self._consumer.seek(partition, committed)
+                self._consumer.seek(partition, offset)
 
     # -- rebalances and shutdown ----------------------------------------------------------------
+
+    def assign(self, partitions: set[TopicPartition]) -> None:
+        """Partitions were given to this worker. Exactly-once: each stays paused until opened.
+
+        Called inside ``poll`` (which then fetches their positions from the committed offsets).
+        """
+        log.info("assigned %s", sorted(map(_name, partitions)))
+        if self._transactions is not None and partitions:
+            self._consumer.pause(*partitions)
+            self._transactions.assigned(partitions)
 
     def revoke(self, partitions: set[TopicPartition]) -> None:
         """Partitions are being taken away: forget their unanswered records.
 
-        Called on the consumer's IO thread while this thread is blocked in ``poll``, so it may not
-        call the consumer. Nothing of these partitions is committed any more; answers still in
-        flight are emitted (the next owner redoes those records: at-least-once).
+        Called inside ``poll``. Nothing of these partitions is committed any more. At-least-once emits the
+        answers still in flight (the next owner redoes those records too); exactly-once drops them and
+        closes the partitions' producers.
         """
-        _abandon([item for _, item in self._pending if item.partition in partitions], "partition revoked")
+        self._release(partitions, "partition revoked")
+        if self._transactions is not None:
+            self._transactions.revoked(partitions)
+        log.info("revoked %s", sorted(map(_name, partitions)))
+
+    def _release(self, partitions: set[TopicPartition], reason: str) -> int:
+        """Stop committing ``partitions``: drop their records not yet dispatched. Returns how many were unanswered."""
+        unanswered = sum(self._tracker.pending(partition) for partition in partitions)
+        _abandon([item for _, item in self._pending if item.partition in partitions], reason)
         self._pending = [(t, i) for t, i in self._pending if i.partition not in partitions]
         self._tracker.forget(partitions)
-        log.info("revoked %s", sorted(f"{tp.topic}-{tp.partition}" for tp in partitions))
+        return unanswered
 
     def _drain(self) -> None:
         """SIGTERM: finish the in-flight batches within the grace period, commit, leave the group."""
@@ -433,7 +480,11 @@ class _Listener(ConsumerRebalanceListener):
             self._worker.revoke(set(revoked))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+        self._worker.assign(set(assigned))
+
+
+def _name(partition: TopicPartition) -> str:
+    return f"{partition.topic}-{partition.partition}"
 
 
 def _abandon(items: list[Item], reason: str) -> None:
