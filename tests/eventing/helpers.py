@@ -12,11 +12,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import confluent_kafka
 from kafka import KafkaConsumer, TopicPartition
 
-from eventing.events import Event
+from eventing.events import Event, request_event
 from eventing.kafka_binding import KafkaRecord, from_client_record, from_record
 from eventing.topics import ensure_topics
+
+
+def job(job_id: str, n: int, keys: int = 10) -> list[Event]:
+    """``n`` request events, keyed round-robin over ``keys`` keys, with ids in submission order."""
+    return [
+        request_event([f"request {i} of {job_id}: events flow through kafka"], source="/tests", jobid=job_id,
+                      partitionkey=f"key-{i % keys}", id=f"{job_id}-{i:05d}")
+        for i in range(n)
+    ]
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,15 @@ class WorkerProcess:
         self.process.kill()
         self.process.wait(30)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets but neither heartbeats nor commits (a zombie to be)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def terminate(self, timeout: float = 60) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
@@ -80,9 +99,17 @@ class TopicReader:
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
             isolation_level="read_committed" if committed_only else "read_uncommitted",
+            # kafka-python 2.3 refuses frames over receive_message_max_bytes (1 MB), yet asks for up to
+            # 50 MB per fetch: results of 384 floats fill that from a few partitions.
+            fetch_max_bytes=900_000,
         )
-        self._consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+        deadline = time.monotonic() + 30
+        while not (known := self._consumer.partitions_for_topic(topic)):  # a new topic's metadata may lag
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partitions of {topic} after 30s")
+            self._consumer.topics()  # refreshes the metadata
+            time.sleep(0.2)
+        partitions = [TopicPartition(topic, p) for p in sorted(known)]
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)
         self.records: list[KafkaRecord] = []
@@ -110,3 +137,46 @@ class TopicReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def read_committed(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Event]:
+    """Every CloudEvent on ``topic`` as librdkafka's ``read_committed`` consumer sees it, read to the end.
+
+    A second client (not kafka-python, which the worker uses) so the check does not share its bugs. The end
+    is each partition's high watermark: a ``read_committed`` reader gets there only once no transaction is
+    open on the partition, so call this after the producers have stopped or been fenced.
+    """
+    consumer = confluent_kafka.Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+        "isolation.level": "read_committed", "enable.auto.commit": False, "enable.partition.eof": True,
+    })
+    try:
+        count = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        partitions = [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in range(count)]
+        consumer.assign(partitions)
+        events: list[Event] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(at_end) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {sorted(set(range(count)) - at_end)} not read to the end "
+                                   f"after {timeout_s}s (a transaction still open?)")
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() != confluent_kafka.KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"{topic}: {message.error()}")
+                _, high = consumer.get_watermark_offsets(
+                    confluent_kafka.TopicPartition(topic, message.partition()), timeout=10, cached=False)
+                if message.offset() >= high:
+                    at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            events.append(from_record(KafkaRecord(
+                topic=topic, value=message.value(), key=message.key(),
+                headers=tuple((k, v or b"") for k, v in message.headers() or ()),
+                partition=message.partition(), offset=message.offset())))
+        return events
+    finally:
+        consumer.close()

@@ -10,22 +10,12 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
-from eventing.events import ERROR_TYPE, RESULT_TYPE, Event, new_event, request_event
+from eventing.events import ERROR_TYPE, RESULT_TYPE, new_event, request_event
 from eventing.jobs import send_events
 from predictors.launch import PredictorProcess
-from tests.eventing.helpers import TopicReader, Topics, WorkerProcess
+from tests.eventing.helpers import TopicReader, Topics, WorkerProcess, job
 
 pytestmark = pytest.mark.slow
-
-KEYS = [f"key-{k}" for k in range(10)]
-
-
-def job(job_id: str, n: int) -> list[Event]:
-    return [
-        request_event([f"request {i} of {job_id}: events flow through kafka"], source="/tests", jobid=job_id,
-                      partitionkey=KEYS[i % len(KEYS)], id=f"{job_id}-{i:05d}")
-        for i in range(n)
-    ]
 
 
 @pytest.fixture
@@ -148,9 +138,7 @@ def _ends(bootstrap: str, topic: str) -> dict[int, int]:
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 def test_sigkill_mid_job_loses_nothing(kafka_bootstrap: str, topics: Topics, workers, exactly_once: bool) -> None:
     events = job("kill", 1000)
-    extra = ["--max-batch", "32", "--transactional-id", f"tx-{topics.group}"] if exactly_once else ["--max-batch", "32"]
-    if exactly_once:
-        extra.append("--exactly-once")
+    extra = ["--max-batch", "32", "--exactly-once"] if exactly_once else ["--max-batch", "32"]
     send_events(kafka_bootstrap, topics.requests, events, "binary", progress=False)
     results = TopicReader(kafka_bootstrap, topics.results)
     for threshold in (150, 400, 650):
