@@ -3,7 +3,9 @@
 KServe decodes CloudEvents itself but requires ``time``, which the spec makes optional and Knative
 often leaves out, and knows no batches. Here binary, structured and batch requests are answered
 in their own mode with ``dev.kzero.inference.result`` events (never a request type, so a Trigger
-filtering on the request type does not loop); every other request goes on to KServe's v1 handler.
+filtering on the request type does not loop); every other request goes on to KServe's v1 handling.
+Every JSON body on the route is parsed here, once, by ``read_json`` (depth limit, lone surrogates
+and invalid UTF-8 named by field), and a batch holds at most ``max_batch_events`` events.
 
 An event that carries its own trace context (the distributed-tracing extension) is processed in
 that trace, in a span linked to the HTTP request's; otherwise the HTTP request's span is the parent.
@@ -12,21 +14,33 @@ that trace, in a span linked to the HTTP request's; otherwise the HTTP request's
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
+from kserve.errors import ModelNotReady
+from kserve.protocol.dataplane import DataPlane
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
 from eventing.errors import MalformedEvent
-from eventing.events import TRACE_CONTEXT, Event, error_event, from_structured_dict, result_event, validate_request
-from eventing.http_binding import BATCH_CONTENT_TYPE, events_from_http, http_reply, is_cloudevent
+from eventing.events import (
+    TRACE_CONTEXT,
+    Event,
+    error_event,
+    from_structured_dict,
+    is_json_content_type,
+    result_event,
+    validate_request,
+)
+from eventing.http_binding import BATCH_CONTENT_TYPE, HttpMode, events_from_http, http_reply, is_cloudevent
 from eventing.processing import INVALID_EVENT, REJECTED, UNAVAILABLE
 from observability import semconv
 from observability.propagation import extract
 from predictors.errors import InvalidInput, ModelNotFound, PredictorError
+from predictors.limits import RequestLimits
+from predictors.validation import check_count, documented_body, read_json
 
 if TYPE_CHECKING:
     from predictors.model import BatchedModel
@@ -36,8 +50,13 @@ PREDICT_PATH = "/v1/models/{model_name}:predict"
 Predict = Callable[[dict[str, Any], dict[str, str]], Awaitable[Any]]
 """A v1 request body and trace headers in, the v1 response body out (``BatchedModel.predict``)."""
 
-V1Handler = Callable[[str, Request], Awaitable[Response | dict[str, Any]]]
-"""KServe's v1 predict handler, for requests that are not CloudEvents."""
+V1Handler = Callable[[str, Any, Mapping[str, str]], Awaitable[Response]]
+"""v1 predict of a parsed JSON body that is not a CloudEvent (``kserve_v1``)."""
+
+STRUCTURED_MEDIA_TYPE = "application/cloudevents+json"
+V1_BODY = {"type": "object", "required": ["instances"],
+           "properties": {"instances": {"type": "array", "minItems": 1, "items": {}}, "parameters": {"type": "object"}}}
+"""The v1 request body, for the OpenAPI document: each task checks the instances it takes."""
 
 
 def event_source(model_name: str) -> str:
@@ -45,25 +64,64 @@ def event_source(model_name: str) -> str:
 
 
 async def answer(
-    predict: Predict, headers: Mapping[str, str], body: bytes, *, source: str
+    predict: Predict, headers: Mapping[str, str], body: bytes, *, source: str,
+    max_batch_events: int = RequestLimits().max_batch_events,
 ) -> tuple[dict[str, str], bytes]:
     """The HTTP reply (headers, body) to a CloudEvents request, in the request's mode.
 
     A single event that is malformed or not an inference request raises ``InvalidInput``, and a
     model error propagates, for the server's usual error mapping. In a batch each event fails alone:
-    its position in the reply holds a ``dev.kzero.inference.error`` event.
+    its position in the reply holds a ``dev.kzero.inference.error`` event; a batch over
+    ``max_batch_events`` is refused whole, before any of it is queued.
     """
     if _media_type(headers) == BATCH_CONTENT_TYPE:
-        items = _batch_items(body)
+        items = _batch_items(await read_json(body), max_batch_events)
         replies = await asyncio.gather(*(_answer_item(predict, item, headers, source) for item in items))
         return http_reply(list(replies), "batch")
     try:
-        (event,), mode = events_from_http(headers, body)
+        event, mode = await _single_event(headers, body)
         request_body = validate_request(event)
     except MalformedEvent as err:
         raise InvalidInput(err.field, err.problem) from err
     response = await predict(request_body, _trace_context(event, headers))
     return http_reply([result_event(event, response, source=source)], mode)
+
+
+async def _single_event(headers: Mapping[str, str], body: bytes) -> tuple[Event, HttpMode]:
+    if _media_type(headers) == STRUCTURED_MEDIA_TYPE:
+        return from_structured_dict(await read_json(body)), "structured"
+    if "ce-specversion" not in {name.lower() for name in headers}:
+        (event,), mode = events_from_http(headers, body)  # an unsupported event format: the binding says which
+        return event, mode
+    # Binary mode: the binding reads the attributes from the headers (an empty payload is no data);
+    # JSON data is parsed here, with the same limits as every other body.
+    (event,), mode = events_from_http(headers, b"")
+    if not body:
+        return event, mode
+    data = await read_json(body, "data") if is_json_content_type(event.get("datacontenttype")) else body
+    return Event(event.attributes, data), mode
+
+
+def kserve_v1(dataplane: DataPlane) -> V1Handler:
+    """KServe's v1 predict (a JSON body that is a structured CloudEvent is unwrapped and its reply
+    wrapped), given the body parsed here rather than the raw request it would parse again."""
+
+    async def predict(model_name: str, payload: Any, headers: Mapping[str, str]) -> Response:
+        if not await dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        plain = dict(headers)
+        request, attributes = dataplane.decode(payload, plain)
+        response, response_headers = await dataplane.infer(model_name=model_name, request=request, headers=plain)
+        response, encoded = dataplane.encode(model_name=model_name, response=response, headers=plain,
+                                             req_attributes=attributes)
+        response_headers.update(encoded)
+        response_headers.pop("content-length", None)
+        if isinstance(response, bytes | str):
+            return Response(content=response, headers=response_headers)
+        content = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        return Response(content=content, headers=response_headers, media_type="application/json")
+
+    return predict
 
 
 def in_event_trace(predict: Predict, tracer: trace.Tracer, model_name: str) -> Predict:
@@ -84,19 +142,23 @@ def in_event_trace(predict: Predict, tracer: trace.Tracer, model_name: str) -> P
     return traced
 
 
-def cloudevents_router(model: BatchedModel, fallback: V1Handler, tracer: trace.Tracer | None = None) -> APIRouter:
-    """The v1 predict route answering CloudEvents; registered before KServe's, which gets the rest."""
+def cloudevents_router(
+    model: BatchedModel, fallback: V1Handler, tracer: trace.Tracer | None = None,
+    limits: RequestLimits | None = None,
+) -> APIRouter:
+    """The v1 predict route answering CloudEvents; registered before KServe's, whose handling gets the rest."""
     router = APIRouter()
     predict_in_event_trace = in_event_trace(model.predict, tracer or trace.get_tracer(__name__), model.name)
+    max_batch_events = (limits or RequestLimits()).max_batch_events
 
-    @router.post(PREDICT_PATH, response_model=None)
-    async def predict(model_name: str, request: Request) -> Response | dict[str, Any]:
+    @router.post(PREDICT_PATH, response_model=None, openapi_extra=documented_body(V1_BODY))
+    async def predict(model_name: str, request: Request) -> Response:
         if not is_cloudevent(request.headers):
-            return await fallback(model_name, request)
+            return await fallback(model_name, await read_json(await request.body()), request.headers)
         if model_name != model.name:
             raise ModelNotFound(model_name, [model.name])
         headers, body = await answer(predict_in_event_trace, request.headers, await request.body(),
-                                     source=event_source(model_name))
+                                     source=event_source(model_name), max_batch_events=max_batch_events)
         return Response(content=body, headers=headers)
 
     return router
@@ -123,14 +185,11 @@ async def _answer_item(predict: Predict, item: Any, headers: Mapping[str, str], 
     return result_event(event, response, source=source)
 
 
-def _batch_items(body: bytes) -> list[Any]:
+def _batch_items(items: Any, max_events: int) -> list[Any]:
     """The members of a batch, not yet parsed as events, so that a malformed one fails only itself."""
-    try:
-        items = json.loads(body)
-    except ValueError as err:
-        raise InvalidInput("body", f"not valid JSON: {err}") from err
     if not isinstance(items, list) or not items:
         raise InvalidInput("body", "a batch is a non-empty JSON array of events")
+    check_count(len(items), max_events, "body", "events in a batch")
     return items
 
 

@@ -1,8 +1,9 @@
 """OpenAI-compatible routes under ``/openai/v1``: models, embeddings, completions, chat completions.
 
-Requests go through the same batcher as v1/v2/gRPC. Streaming (``stream: true``) sends each
-piece of text as the model thread produces it, as server-sent events. Errors use OpenAI's
-error shape so the official client raises its usual exceptions.
+Requests go through the same batcher as v1/v2/gRPC, with the same limits; bodies are parsed by
+``read_json`` and tokenized off the event loop. Streaming (``stream: true``) sends each piece of
+text as the model thread produces it, as server-sent events. Errors use OpenAI's error shape so
+the official client raises its usual exceptions.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from predictors.engines.generate import GenerationRequest, GenerationResult, Tex
 from predictors.errors import InvalidInput, ModelNotFound, PredictorError, Unavailable
 from predictors.tasks.embed import EmbedTask
 from predictors.tasks.generate import ChatMessage, GenerateInstance, GenerateTask, GenerationParameters
-from predictors.validation import parse_model
+from predictors.validation import check_count, documented_body, parse_model, read_json
 
 if TYPE_CHECKING:
     from predictors.model import BatchedModel
@@ -110,10 +111,7 @@ def openai_error(err: PredictorError) -> JSONResponse:
 
 
 async def json_body(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError as err:
-        raise InvalidInput("body", f"not valid JSON: {err}") from err
+    return await read_json(await request.body())
 
 
 def _usage(results: list[GenerationResult]) -> dict[str, int]:
@@ -135,7 +133,7 @@ Route = Callable[[Request], Awaitable[Response]]
 def openai_router(model: BatchedModel) -> APIRouter:
     router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
 
-    def route(path: str, method: str = "POST") -> Callable[[Route], Route]:
+    def route(path: str, method: str = "POST", body: type[_Body] | None = None) -> Callable[[Route], Route]:
         def wrap(handler: Route) -> Route:
             async def endpoint(request: Request) -> Response:
                 try:
@@ -143,7 +141,8 @@ def openai_router(model: BatchedModel) -> APIRouter:
                 except PredictorError as err:
                     return openai_error(err)
 
-            router.add_api_route(path, endpoint, methods=[method], response_model=None)
+            router.add_api_route(path, endpoint, methods=[method], response_model=None,
+                                 openapi_extra=documented_body(body) if body else None)
             return handler
 
         return wrap
@@ -166,7 +165,7 @@ def openai_router(model: BatchedModel) -> APIRouter:
         card = {"id": model.name, "object": "model", "created": 0, "owned_by": "kzero"}
         return JSONResponse({"object": "list", "data": [card]})
 
-    @route("/embeddings")
+    @route("/embeddings", body=EmbeddingsBody)
     async def embeddings(request: Request) -> Response:
         body: EmbeddingsBody = await body_of(request, EmbeddingsBody)
         task: EmbedTask = task_of(EmbedTask, "embeddings")
@@ -175,9 +174,12 @@ def openai_router(model: BatchedModel) -> APIRouter:
             raise InvalidInput("input", "must not be empty")
         if body.dimensions not in (None, task.engine.dimension):
             raise InvalidInput("dimensions", f"this model only produces {task.engine.dimension} dimensions")
-        texts = task.check_texts(texts, "input")
+
+        def checked() -> tuple[list[str], int]:
+            return task.check_texts(texts, "input"), sum(task.engine.count_tokens(texts))
+
+        texts, tokens = await asyncio.to_thread(checked)  # tokenizes: off the event loop
         vectors = await model.infer_items(texts, dict(request.headers), "embeddings")
-        tokens = sum(task.engine.count_tokens(texts))
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)
@@ -185,7 +187,7 @@ def openai_router(model: BatchedModel) -> APIRouter:
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
 
-    @route("/completions")
+    @route("/completions", body=CompletionBody)
     async def completions(request: Request) -> Response:
         body: CompletionBody = await body_of(request, CompletionBody)
         task: GenerateTask = task_of(GenerateTask, "completions")
@@ -193,8 +195,10 @@ def openai_router(model: BatchedModel) -> APIRouter:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise InvalidInput("prompt", "must not be empty")
+        check_count(len(prompts), task.max_instances, "prompt", "prompts")
         fields = ["prompt"] if isinstance(body.prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
-        ids = [task.encode(GenerateInstance(prompt=p), f) for p, f in zip(prompts, fields, strict=True)]
+        ids = await asyncio.to_thread(  # tokenizes: off the event loop
+            lambda: [task.encode(GenerateInstance(prompt=p), f) for p, f in zip(prompts, fields, strict=True)])
         reply_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(text: str, finish: str | None, index: int = 0) -> dict[str, Any]:
@@ -220,13 +224,13 @@ def openai_router(model: BatchedModel) -> APIRouter:
         reply["usage"] = _usage(results)
         return JSONResponse(reply)
 
-    @route("/chat/completions")
+    @route("/chat/completions", body=ChatBody)
     async def chat_completions(request: Request) -> Response:
         body: ChatBody = await body_of(request, ChatBody)
         task: GenerateTask = task_of(GenerateTask, "chat completions")
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = task.sampling(parse_model(GenerationParameters, body.parameters(max_tokens)), "")
-        ids = task.encode(GenerateInstance(messages=[m.plain() for m in body.messages]), "")
+        ids = await asyncio.to_thread(task.encode, GenerateInstance(messages=[m.plain() for m in body.messages]), "")
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 class EmbedEngine:
     def __init__(self, model: SentenceTransformer) -> None:
         self._model = model
+        # Request validation counts tokens on other threads while the model thread encodes. The model
+        # sets its tokenizer's truncation before each encode (mutable state; concurrent use fails with
+        # "Already borrowed"), so counting uses a copy that is never truncated.
+        self._counter = copy.deepcopy(model.tokenizer)
 
     @classmethod
     def load(cls, path: Path, placement: Placement) -> EmbedEngine:
@@ -39,7 +44,7 @@ class EmbedEngine:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
-        encoded = self._model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        encoded = self._counter(list(texts), add_special_tokens=True)["input_ids"]
         return [len(ids) for ids in encoded]
 
     def batch_key(self, item: str) -> Hashable:

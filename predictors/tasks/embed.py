@@ -14,7 +14,7 @@ from predictors.device import Placement
 from predictors.engines.embed import EmbedEngine
 from predictors.errors import InvalidInput
 from predictors.v2_wire import tensor, v2_response
-from predictors.validation import v1_instances, v2_texts
+from predictors.validation import check_count, utf8_size, v1_instances, v2_texts
 
 _SPECIAL_TOKENS = 4  # room for [CLS]/[SEP]-style tokens a tokenizer adds
 
@@ -29,14 +29,15 @@ class EmbedTask:
         return cls(EmbedEngine.load(path, placement), limits)
 
     def check_texts(self, texts: Sequence[Any], field: str) -> list[str]:
+        """The texts, checked; this tokenizes long ones, so servers call it off the event loop."""
+        check_count(len(texts), self._limits.max_instances, field, "texts")
+        sizes = [utf8_size(text, f"{field}[{i}]") for i, text in enumerate(texts)]
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InvalidInput(f"{field}[{i}]", f"expected a string, got {type(text).__name__}")
             if not text.strip():
                 raise InvalidInput(f"{field}[{i}]", "must not be empty")
         limit = min(self.engine.max_tokens, self._limits.max_input_tokens)
         # A token covers at least one UTF-8 byte, so short texts need no tokenizer pass here.
-        long = [i for i, text in enumerate(texts) if len(text.encode()) + _SPECIAL_TOKENS > limit]
+        long = [i for i, size in enumerate(sizes) if size + _SPECIAL_TOKENS > limit]
         for i, count in zip(long, self.engine.count_tokens([texts[i] for i in long]), strict=True):
             if count > limit:
                 raise InvalidInput(f"{field}[{i}]", f"{count} tokens exceed the model's limit of {limit}")

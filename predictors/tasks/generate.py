@@ -21,7 +21,7 @@ from predictors.engines.generate import (
 )
 from predictors.errors import InvalidInput
 from predictors.v2_wire import model_parameters, tensor, v2_response
-from predictors.validation import field_path, parse_model, v1_instances, v2_texts
+from predictors.validation import field_path, parse_model, utf8_size, v1_instances, v2_texts
 
 MAX_STOP_STRINGS = 4
 
@@ -82,6 +82,10 @@ class GenerateTask:
     def load(cls, path: Path, placement: Placement, limits: LimitsConfig) -> GenerateTask:
         return cls(GenerateEngine.load(path, placement), limits)
 
+    @property
+    def max_instances(self) -> int:
+        return self._limits.max_instances
+
     def sampling(self, parameters: GenerationParameters, field: str = "parameters") -> SamplingParams:
         limit = self._limits.max_new_tokens
         max_new = parameters.max_new_tokens or min(self._limits.default_max_new_tokens, limit)
@@ -96,13 +100,16 @@ class GenerateTask:
         )
 
     def encode(self, instance: GenerateInstance, field: str) -> tuple[int, ...]:
+        """Token ids of a prompt or chat; this tokenizes, so servers call it off the event loop."""
         if instance.messages is not None:
+            for j, message in enumerate(instance.messages):  # no tokenizer or template takes a lone surrogate
+                utf8_size(message.content, field_path(field, ("messages", j, "content")))
             try:
                 return self.engine.encode_chat([m.model_dump() for m in instance.messages])
             except ValueError as err:
                 raise InvalidInput(f"{field}.messages", str(err)) from err
         assert instance.prompt is not None
-        if not instance.prompt:
+        if not utf8_size(instance.prompt, field_path(field, ("prompt",))):
             raise InvalidInput(f"{field}.prompt", "must not be empty")
         return self.engine.encode_prompt(instance.prompt)
 
