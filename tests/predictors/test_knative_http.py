@@ -85,6 +85,41 @@ async def test_batch_members_run_concurrently_and_fail_alone() -> None:
     assert replies[3].data["predictions"] == [2]
 
 
+async def test_a_batch_over_the_cap_is_refused_whole_before_any_event_runs() -> None:
+    called: list[Any] = []
+
+    async def counting_predict(body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        called.append(body)
+        return await fake_predict(body, headers)
+
+    items = [structured(str(i), {"instances": ["x"]}) for i in range(3)]
+    with pytest.raises(InvalidInput, match=r"^body: 3 events in a batch exceed the limit of 2$"):
+        await answer(counting_predict, {"Content-Type": BATCH_CONTENT_TYPE}, json.dumps(items).encode(),
+                     source=SOURCE, max_batch_events=2)
+    assert called == []
+    headers, body = await answer(counting_predict, {"Content-Type": BATCH_CONTENT_TYPE},
+                                 json.dumps(items[:2]).encode(), source=SOURCE, max_batch_events=2)
+    assert [e.type for e in events_from_http(headers, body)[0]] == [RESULT_TYPE, RESULT_TYPE]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "field"),
+    [
+        ({"content-type": STRUCTURED}, b'{"specversion": "1.0", "id": "1", "source": "s", "type": "' +
+         REQUEST_TYPE.encode() + b'", "data": {"instances": ["\\ud800"]}}', "data.instances[0]"),
+        (knative_binary("1", {})["headers"], b'{"instances": ["ok", "\xff"]}', "data.instances[1]"),
+        ({"content-type": BATCH_CONTENT_TYPE}, b"[" * 100_000 + b"]" * 100_000, "body"),
+        ({"content-type": STRUCTURED}, b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body"),
+    ],
+)
+async def test_text_that_is_not_unicode_or_deep_nesting_is_a_400_naming_the_field(
+    headers: dict[str, str], body: bytes, field: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        await answer(fake_predict, headers, body, source=SOURCE)
+    assert caught.value.field == field
+
+
 # --- a real server, called as Knative calls it --------------------------------------------------------
 
 TEXTS = ["Knative delivers events to the predictor.", "The broker keeps the log.", "Batches share a pass."]

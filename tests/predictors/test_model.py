@@ -120,6 +120,16 @@ async def test_a_request_that_does_not_fit_the_queue_is_shed_whole() -> None:
     assert ["d"] not in engine.batches
 
 
+async def test_a_request_larger_than_the_whole_queue_is_the_callers_error_not_a_503() -> None:
+    model, _ = make_model(max_queue=4, max_batch_size=1)
+    await model.load_in_background()
+    with pytest.raises(InvalidInput, match=r"^instances: 5 items can never fit the queue of 4") as caught:
+        await model.infer_items(list("abcde"), {})
+    assert not isinstance(caught.value, Unavailable)
+    assert model.task.engine.batches == []
+    assert await model.infer_items(list("abcd"), {}) == list("ABCD")
+
+
 async def test_engine_failure_fails_only_its_item_and_is_not_blamed_on_the_caller() -> None:
     model, _ = make_model()
     await model.load_in_background()

@@ -82,7 +82,7 @@ async def test_openai_base64_encoding_matches_floats(embed_server: PredictorProc
 
 
 BAD_REQUESTS = [
-    ("/v1/models/minilm:predict", b"{not json", 400, "Unrecognized request format"),
+    ("/v1/models/minilm:predict", b"{not json", 400, "body: not valid JSON"),
     ("/v1/models/minilm:predict", {"instances": []}, 400, "instances: must not be empty"),
     ("/v1/models/minilm:predict", {"instances": "text"}, 400, "instances"),
     ("/v1/models/minilm:predict", {"instances": [3]}, 400, "instances[0]: expected a string"),
