@@ -15,7 +15,6 @@ KServe already parses binary bodies (``InferRequest.from_bytes``) and writes bin
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from kserve.protocol.rest.v2_datamodels import InferenceRequest, RequestInput
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
 from predictors.errors import InvalidInput
-from predictors.validation import parse_model, plain_parameters
+from predictors.validation import parse_json, parse_model, plain_parameters
 
 HEADER_LENGTH = "inference-header-content-length"
 # Request parameters that choose the wire format; a model never sees them.
@@ -52,9 +51,9 @@ def decode_body(body: bytes, header_length: str | None, model_name: str) -> Infe
 
 def _decode(body: bytes, header_length: str | None, model_name: str) -> InferRequest:
     if header_length is None:
-        return InferRequest.from_inference_request(parse_model(InferenceRequest, _json(body)), model_name)
+        return InferRequest.from_inference_request(parse_model(InferenceRequest, parse_json(body)), model_name)
     length = _json_length(header_length, len(body))
-    header = parse_model(_BinaryHeader, _json(body[:length]))
+    header = parse_model(_BinaryHeader, parse_json(body[:length]))
     sizes = [_binary_size(i, tensor) for i, tensor in enumerate(header.inputs) if tensor.data is None]
     if sum(sizes) != len(body) - length:
         raise InvalidInput("inputs", f"binary_data_size adds up to {sum(sizes)} bytes, but "
@@ -63,13 +62,6 @@ def _decode(body: bytes, header_length: str | None, model_name: str) -> InferReq
         return InferRequest.from_bytes(body, length, model_name)
     except (ValueError, struct.error) as err:  # tensor bytes that do not fit the datatype or shape
         raise InvalidInput("inputs", f"cannot read the binary tensor data: {err}") from err
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError as err:
-        raise InvalidInput("body", f"not valid JSON: {err}") from err
 
 
 def _json_length(value: str, body_length: int) -> int:
