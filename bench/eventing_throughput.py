@@ -55,9 +55,9 @@ from common import (
 from embed_batching import MODEL_ID, TEXT, raw_limit
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from eventing.events import Event, request_event
 from eventing.jobs import send_events
 from eventing.topics import ensure_topics
+from events.event import Event, request_event
 from predictors.launch import free_port
 
 EVENTS, QUICK_EVENTS = 20_000, 1_000

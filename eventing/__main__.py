@@ -18,8 +18,8 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity, WorkerConfig
-from eventing.errors import MalformedEvent
 from eventing.topics import ensure_topics
+from events.errors import MalformedEvent
 from observability.logs import LogConfig, setup_logging
 from observability.telemetry import Telemetry, setup_telemetry
 from predictors.kserve_import import import_kserve

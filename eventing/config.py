@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
 
-from eventing.kafka_binding import Mode
+from events.kafka_binding import Mode
 from predictors.retry import RetryPolicy
 
 DEFAULT_REQUESTS = "kzero.requests"

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from eventing import tracing
 from eventing.config import KafkaSecurity
-from eventing.errors import MalformedEvent
-from eventing.events import ERROR_TYPE, RESULT_TYPE, TRACE_CONTEXT, Event, from_structured_dict, request_event
-from eventing.kafka_binding import KafkaRecord, Mode, from_client_record, from_record
+from events.errors import MalformedEvent
+from events.event import ERROR_TYPE, RESULT_TYPE, TRACE_CONTEXT, Event, from_structured_dict, request_event
+from events.kafka_binding import KafkaRecord, Mode, from_client_record, from_record
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 
 from eventing.calls import Call, plan, split, traced_body
-from eventing.events import Event, validate_request
+from events.errors import BAD_RESPONSE, REJECTED, UNAUTHORIZED, UNAVAILABLE
+from events.event import Event, validate_request
 from observability import propagation
 from observability import semconv as sc
 from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
@@ -37,14 +38,6 @@ class Failure:
 
 
 Outcome = Success | Failure
-
-# DLQ error codes
-INVALID_EVENT = "invalid-event"
-INVALID_REQUEST = "invalid-request"
-REJECTED = "rejected"
-UNAVAILABLE = "unavailable"
-BAD_RESPONSE = "bad-response"
-UNAUTHORIZED = "unauthorized"  # the predictor refused the worker's API key (KZERO_PREDICTOR_API_KEY)
 
 
 class EventHandler(Protocol):

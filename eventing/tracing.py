@@ -16,8 +16,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from eventing.events import TRACE_CONTEXT, Event
-from eventing.kafka_binding import KafkaRecord, Mode, to_record
+from events.event import TRACE_CONTEXT, Event
+from events.kafka_binding import KafkaRecord, Mode, to_record
 from observability import propagation
 from observability import semconv as sc
 

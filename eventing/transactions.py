@@ -30,7 +30,7 @@ from kafka.structs import OffsetAndMetadata
 
 from eventing import kafka_fixes
 from eventing.config import WorkerConfig
-from eventing.kafka_binding import KafkaRecord
+from events.kafka_binding import KafkaRecord
 
 log = logging.getLogger(__name__)
 

@@ -44,13 +44,13 @@ from opentelemetry.trace import Span
 
 from eventing import tracing
 from eventing.config import WorkerConfig
-from eventing.errors import MalformedEvent
-from eventing.events import Event, error_event, result_event
-from eventing.kafka_binding import KafkaRecord, from_client_record, from_record
 from eventing.metrics import DEAD_LETTERED, SUCCEEDED, WorkerMetrics
 from eventing.offsets import OffsetTracker
-from eventing.processing import INVALID_EVENT, EventHandler, Failure, Outcome, Success
+from eventing.processing import EventHandler, Failure, Outcome, Success
 from eventing.transactions import PartitionTransactions
+from events.errors import INVALID_EVENT, WORKER_ERROR, MalformedEvent
+from events.event import Event, error_event, result_event
+from events.kafka_binding import KafkaRecord, from_client_record, from_record
 from observability import propagation
 from observability import semconv as sc
 
@@ -266,7 +266,7 @@ class Worker:
             computed = iter(batch.future.result())
         except Exception as err:  # a bug in processing must not lose the batch: dead-letter it
             log.exception("processing a batch failed")
-            failure = Failure("worker-error", f"{type(err).__name__}: {err}", 0)
+            failure = Failure(WORKER_ERROR, f"{type(err).__name__}: {err}", 0)
             return [item.failure or failure for item in batch.items]
         return [item.failure or next(computed) for item in batch.items]
 

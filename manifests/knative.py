@@ -15,7 +15,7 @@ Field names follow the Knative docs: KafkaSource
 
 from __future__ import annotations
 
-from eventing.events import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE
+from events.event import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE
 from manifests.config import DeployConfig
 from manifests.kafka import bootstrap_list, secret_key
 from manifests.settings import Doc, metadata

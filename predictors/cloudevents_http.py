@@ -24,8 +24,8 @@ from kserve.protocol.dataplane import DataPlane
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
-from eventing.errors import MalformedEvent
-from eventing.events import (
+from events.errors import INVALID_EVENT, REJECTED, UNAVAILABLE, MalformedEvent
+from events.event import (
     TRACE_CONTEXT,
     Event,
     error_event,
@@ -34,8 +34,7 @@ from eventing.events import (
     result_event,
     validate_request,
 )
-from eventing.http_binding import BATCH_CONTENT_TYPE, HttpMode, events_from_http, http_reply, is_cloudevent
-from eventing.processing import INVALID_EVENT, REJECTED, UNAVAILABLE
+from events.http_binding import BATCH_CONTENT_TYPE, HttpMode, events_from_http, http_reply, is_cloudevent
 from observability import semconv
 from observability.propagation import extract
 from predictors.errors import InvalidInput, ModelNotFound, PredictorError

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from schemathesis.core import NotSet
 from schemathesis.generation import GenerationMode
 
-from eventing.events import REQUEST_TYPE
+from events.event import REQUEST_TYPE
 from predictors.launch import PredictorProcess
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,9 @@ from pathlib import Path
 import confluent_kafka
 from kafka import KafkaConsumer, TopicPartition
 
-from eventing.events import Event, request_event
-from eventing.kafka_binding import KafkaRecord, from_client_record, from_record
 from eventing.topics import ensure_topics
+from events.event import Event, request_event
+from events.kafka_binding import KafkaRecord, from_client_record, from_record
 
 
 def job(job_id: str, n: int, keys: int = 10) -> list[Event]:

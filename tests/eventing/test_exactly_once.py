@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from eventing.events import RESULT_TYPE, Event
 from eventing.jobs import send_events
+from events.event import RESULT_TYPE, Event
 from predictors.launch import PredictorProcess
 from tests.eventing.helpers import TopicReader, Topics, WorkerProcess, job, read_committed
 

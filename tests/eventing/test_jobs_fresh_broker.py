@@ -18,10 +18,10 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewPartitions
 
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS
-from eventing.events import RESULT_TYPE, new_event
 from eventing.jobs import JobResults, collect, scan, submit
-from eventing.kafka_binding import from_record, to_record
 from eventing.topics import DEFAULT_PARTITIONS, ensure_topics
+from events.event import RESULT_TYPE, new_event
+from events.kafka_binding import from_record, to_record
 from predictors.launch import PredictorProcess
 from tests.eventing.helpers import Topics, WorkerProcess
 from tests.kafka_fixture import _free_ports, script_broker

@@ -8,7 +8,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from eventing.processing import REJECTED, UNAVAILABLE, Failure, Processor, Success
+from eventing.processing import Failure, Processor, Success
+from events.errors import REJECTED, UNAVAILABLE
 from predictors.client import PermanentCallError, TransientCallError
 from predictors.retry import RetryPolicy
 

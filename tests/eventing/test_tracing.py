@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from eventing import tracing
-from eventing.events import error_event, request_event, result_event, to_structured_dict
-from eventing.kafka_binding import KafkaRecord, from_record, to_record
+from events.event import error_event, request_event, result_event, to_structured_dict
+from events.kafka_binding import KafkaRecord, from_record, to_record
 from observability import propagation
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -11,8 +11,8 @@ from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from eventing.config import WorkerConfig
-from eventing.kafka_binding import KafkaRecord
 from eventing.transactions import REOPEN_DELAY_S, PartitionTransactions
+from events.kafka_binding import KafkaRecord
 
 CONFIG = WorkerConfig(bootstrap_servers="b:9092", model="m", predictor_url="http://p", group="g", input_topic="in",
                       exactly_once=True, transactional_id_prefix="pre")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
-from eventing.events import ERROR_TYPE, RESULT_TYPE, new_event, request_event
 from eventing.jobs import send_events
+from events.event import ERROR_TYPE, RESULT_TYPE, new_event, request_event
 from predictors.launch import PredictorProcess
 from tests.eventing.helpers import TopicReader, Topics, WorkerProcess, job
 

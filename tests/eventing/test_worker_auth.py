@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from eventing.events import ERROR_TYPE, RESULT_TYPE, Event, request_event
 from eventing.jobs import send_events
-from eventing.processing import UNAUTHORIZED, Failure, Processor
+from eventing.processing import Failure, Processor
+from events.errors import UNAUTHORIZED
+from events.event import ERROR_TYPE, RESULT_TYPE, Event, request_event
 from predictors.client import Unauthorized
 from predictors.launch import PredictorProcess
 from predictors.retry import RetryPolicy

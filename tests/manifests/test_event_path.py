@@ -8,7 +8,7 @@ import pytest
 
 from eventing.__main__ import build_parser as eventing_parser
 from eventing.config import WorkerConfig
-from eventing.events import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE
+from events.event import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE
 from manifests.config import DeployConfig
 from manifests.render import overlay_documents
 from predictors.retry import RetryPolicy

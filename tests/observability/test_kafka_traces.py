@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from eventing.events import Event
+from events.event import Event
 from predictors.launch import PredictorProcess, free_port
 from tests.eventing.helpers import TopicReader, Topics, WorkerProcess
 from tests.otlp_receiver import OtlpReceiver, Span, tree

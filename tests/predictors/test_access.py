@@ -20,7 +20,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from eventing.events import REQUEST_TYPE, RESULT_TYPE
+from events.event import REQUEST_TYPE, RESULT_TYPE
 from predictors.access import OPEN_ROUTES, OPEN_RPCS
 from predictors.auth import ApiKeys
 from predictors.batcher import BatcherConfig

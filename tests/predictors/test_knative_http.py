@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from eventing.events import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE, Event
-from eventing.http_binding import BATCH_CONTENT_TYPE, events_from_http
-from eventing.processing import INVALID_EVENT, REJECTED
+from events.errors import INVALID_EVENT, REJECTED
+from events.event import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE, Event
+from events.http_binding import BATCH_CONTENT_TYPE, events_from_http
 from predictors.cloudevents_http import answer
 from predictors.errors import InvalidInput
 from predictors.launch import PredictorProcess

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from eventing.events import REQUEST_TYPE
+from events.event import REQUEST_TYPE
 from predictors.http_protocol import guarded_http_protocol
 from predictors.launch import PredictorProcess, free_port
 from predictors.limits import RequestGuard, RequestLimits

@@ -15,7 +15,7 @@ import pytest
 from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from eventing.http_binding import events_from_http
+from events.http_binding import events_from_http
 from predictors.launch import PredictorProcess, free_port
 from tests.transformers_pre.conftest import seed, transformer_process
 from tests.transformers_pre.corpus import DOCS, QUESTIONS

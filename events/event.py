@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from eventing.errors import MalformedEvent
+from events.errors import MalformedEvent
 
 SPECVERSION = "1.0"
 REQUEST_TYPE = "dev.kzero.inference.request"

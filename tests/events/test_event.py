@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from eventing.errors import EventingError, MalformedEvent
-from eventing.events import (
+from events.errors import EventError, MalformedEvent
+from events.event import (
     ERROR_TYPE,
     JSON,
     REQUEST_TYPE,
@@ -36,7 +36,7 @@ def test_malformed_event_carries_field_and_problem() -> None:
     error = MalformedEvent("data.instances", "must be a non-empty list")
     assert str(error) == "data.instances: must be a non-empty list"
     assert (error.field, error.problem) == ("data.instances", "must be a non-empty list")
-    assert isinstance(error, EventingError) and isinstance(error, ValueError)
+    assert isinstance(error, EventError) and isinstance(error, ValueError)
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.field, copy.problem) == (error.field, error.problem)
 

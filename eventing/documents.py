@@ -1,6 +1,6 @@
 """Keep a RAG corpus in sync with a Kafka topic: document upsert/delete events for the eventing worker.
 
-``DocumentHandler`` is an ``eventing.processing.EventHandler``: the worker validates each event,
+``DocumentHandler`` is an ``EventHandler`` (``eventing.processing``): the worker validates each event,
 hands it micro-batches, and dead-letters failures. Within a batch the last event for a document id
 wins; producers key events by document id (``partitionkey``), so events for one document stay in
 order across batches too.
@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eventing.errors import MalformedEvent
-from eventing.events import DOCUMENT_DELETE_TYPE, DOCUMENT_UPSERT_TYPE, Event, new_event
 from eventing.processing import Failure, Outcome, Success
+from events.errors import EMBEDDER_UNAVAILABLE, STORE_UNAVAILABLE, MalformedEvent
+from events.event import DOCUMENT_DELETE_TYPE, DOCUMENT_UPSERT_TYPE, Event, new_event
 from transformers_pre.embedder import Embedder
 from transformers_pre.errors import PredictorUnavailable, StoreUnavailable
 from transformers_pre.ingest.chunking import Chunker
@@ -23,8 +23,6 @@ from transformers_pre.ingest.readers import Document, id_problem
 from transformers_pre.store import VectorStore
 
 SOURCE = "/kzero/documents"
-STORE_UNAVAILABLE = "store-unavailable"
-EMBEDDER_UNAVAILABLE = "embedder-unavailable"
 
 
 def document_event(document: Document, *, source: str = SOURCE) -> Event:

@@ -10,9 +10,9 @@ from cloudevents import kafka as sdk_kafka
 from cloudevents.http import CloudEvent
 from kafka.consumer.fetcher import ConsumerRecord
 
-from eventing.errors import MalformedEvent
-from eventing.events import JSON, KNATIVE_KAFKA_TYPE, Event, to_structured_dict
-from eventing.kafka_binding import (
+from events.errors import MalformedEvent
+from events.event import JSON, KNATIVE_KAFKA_TYPE, Event, to_structured_dict
+from events.kafka_binding import (
     STRUCTURED_CONTENT_TYPE,
     KafkaRecord,
     Mode,

@@ -3,7 +3,7 @@
 The mapping is written out here rather than delegated to ``cloudevents.kafka``: that SDK invents an
 ``id`` and ``time`` for events that lack them, sets structured mode's content-type to the data's
 (sdk-python#295), keeps the record key as raw bytes, and turns every header of a structured record
-into an attribute. tests/eventing/test_kafka_binding.py pins each of those against the SDK.
+into an attribute. tests/events/test_kafka_binding.py pins each of those against the SDK.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from eventing.errors import MalformedEvent
-from eventing.events import (
+from events.errors import MalformedEvent
+from events.event import (
     JSON,
     KNATIVE_KAFKA_TYPE,
     SPECVERSION,

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
-from eventing.errors import MalformedEvent
-from eventing.events import (
+from events.errors import MalformedEvent
+from events.event import (
     STRUCTURED_CONTENT_TYPE,
     Event,
     decode_data,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from eventing.errors import MalformedEvent
-from eventing.events import JSON, STRUCTURED_CONTENT_TYPE, Event, to_structured_dict
-from eventing.http_binding import BATCH_CONTENT_TYPE, HttpMode, events_from_http, http_reply, is_cloudevent
+from events.errors import MalformedEvent
+from events.event import JSON, STRUCTURED_CONTENT_TYPE, Event, to_structured_dict
+from events.http_binding import BATCH_CONTENT_TYPE, HttpMode, events_from_http, http_reply, is_cloudevent
 
 BASE = {"specversion": "1.0", "id": "e-1", "source": "/test", "type": "dev.kzero.test"}
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

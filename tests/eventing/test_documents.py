@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 
 from eventing.config import WorkerConfig
-from eventing.errors import MalformedEvent
-from eventing.events import DOCUMENT_DELETE_TYPE, DOCUMENT_UPSERT_TYPE, ERROR_TYPE, new_event, request_event
+from eventing.documents import DocumentHandler, delete_event, document_event
 from eventing.jobs import send_events
-from eventing.kafka_binding import from_record, to_record
 from eventing.processing import Failure, Success
 from eventing.worker import Worker, kafka_clients
+from events.errors import MalformedEvent
+from events.event import DOCUMENT_DELETE_TYPE, DOCUMENT_UPSERT_TYPE, ERROR_TYPE, new_event, request_event
+from events.kafka_binding import from_record, to_record
 from tests.eventing.helpers import TopicReader, Topics
 from tests.transformers_pre.corpus import DOCS
 from tests.transformers_pre.test_ingest import CountingEmbedder, FailingEmbedder, chunker, minilm  # noqa: F401
-from transformers_pre.documents import DocumentHandler, delete_event, document_event
 from transformers_pre.embedder import ClientEmbedder
 from transformers_pre.ingest.chunking import Chunker
 from transformers_pre.ingest.pipeline import document_hash
