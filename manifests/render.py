@@ -18,12 +18,13 @@ import yaml
 from manifests.config import DeployConfig
 from manifests.kafka import kafka_topics
 from manifests.knative import knative_route
+from manifests.knative_service import knative_services
 from manifests.security import service_account, serving_account, serving_policies, worker_account, worker_policy
 from manifests.serving import inference_service, profile_patch
 from manifests.settings import Doc, cache_claim, settings_configmap
 from manifests.worker import scaled_object, trigger_authentication, worker_deployment
 
-OVERLAYS = ("cpu", "gpu", "kafka-worker", "kafka-knative")
+OVERLAYS = ("cpu", "gpu", "kafka-worker", "kafka-knative", "knative-service")
 MANAGED_DIRS = ("base", "components", "overlays")
 KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
 COMPONENT_API = "kustomize.config.k8s.io/v1alpha1"
@@ -46,7 +47,10 @@ def _component_files(config: DeployConfig) -> dict[str, list[File]]:
     if config.auth.api_keys_secret is not None:
         route_why += ("\nWith API keys the service refuses these deliveries: a Trigger cannot send a key "
                       "(docs/deploy.md, API keys).")
+    ksvc_why = (f"Knative Services instead of the InferenceService (Knative Serving without KServe), on the "
+                f"{config.kafka_overlays_on} profile;\nthe same containers, probes and annotations, KServe's names.")
     return {
+        "knative-service": [File("knative-service.yaml", knative_services(config, _profiled_isvc(config)), ksvc_why)],
         "kafka-topics": [File("kafka-topics.yaml", kafka_topics(config),
                               "Strimzi KafkaTopics, in the namespace its topic operator watches.")],
         "worker": [File("worker.yaml", worker,
@@ -87,11 +91,12 @@ def render_tree(config: DeployConfig) -> list[File]:
     files.append(File("base/kustomization.yaml", [_kustomization([f.path for f in base])]))
     for name, component in _component_files(config).items():
         files += [File(f"components/{name}/{f.path}", f.docs, f.why) for f in component]
+        extra = {"patches": [_delete_isvc(config)]} if name == "knative-service" else {}
         files.append(File(f"components/{name}/kustomization.yaml",
-                          [_kustomization([f.path for f in component], component=True)]))
+                          [_kustomization([f.path for f in component], component=True, **extra)]))
     for accelerator in ("cpu", "gpu"):
         profile = getattr(config.profiles, accelerator)
-        files.append(File(f"overlays/{accelerator}/inferenceservice-patch.yaml", [profile_patch(profile)],
+        files.append(File(f"overlays/{accelerator}/inferenceservice-patch.yaml", [profile_patch(profile, accelerator)],
                           f"JSON patch (RFC 6902): the predictor on {accelerator}."))
         patch = {"path": "inferenceservice-patch.yaml", "target": _isvc_target(config)}
         files.append(File(f"overlays/{accelerator}/kustomization.yaml",
@@ -101,7 +106,23 @@ def render_tree(config: DeployConfig) -> list[File]:
         files.append(File(f"overlays/kafka-{route}/kustomization.yaml",
                           [_kustomization([f"../{config.kafka_overlays_on}"], components=components)],
                           f"The {config.kafka_overlays_on} service, its topics, and the {route} consuming requests."))
+    files.append(File("overlays/knative-service/kustomization.yaml",
+                      [_kustomization(["../../base"], components=["../../components/knative-service"])],
+                      "The service as Knative Services, for Knative Serving without KServe."))
     return files
+
+
+def _delete_isvc(config: DeployConfig) -> Doc:
+    target = _isvc_target(config)
+    patch = {"$patch": "delete", "apiVersion": f"{target['group']}/{target['version']}", "kind": target["kind"],
+             "metadata": {"name": config.name}}
+    return {"target": target, "patch": yaml.safe_dump(patch, sort_keys=False)}
+
+
+def _profiled_isvc(config: DeployConfig, profile: str | None = None) -> Doc:
+    """The InferenceService with a profile's patch applied (default: the one ``kafka_overlays_on`` names)."""
+    name = profile or config.kafka_overlays_on
+    return apply_patch(inference_service(config), profile_patch(getattr(config.profiles, name), name))
 
 
 def _route_component(route: str) -> str:
@@ -118,8 +139,11 @@ def overlay_documents(config: DeployConfig, overlay: str) -> list[Doc]:
         extra = [d for name in ("kafka-topics", _route_component(route)) for f in components[name] for d in f.docs]
         return overlay_documents(config, config.kafka_overlays_on) + extra
     docs = [copy.deepcopy(d) for f in _base_files(config) for d in f.docs]
-    ops = profile_patch(getattr(config.profiles, overlay))
-    return [apply_patch(d, ops) if d["kind"] == "InferenceService" else d for d in docs]
+    if overlay == "knative-service":
+        serving = knative_services(config, _profiled_isvc(config))
+    else:
+        serving = [_profiled_isvc(config, overlay)]
+    return [s for d in docs for s in (serving if d["kind"] == "InferenceService" else [d])]
 
 
 def apply_patch(doc: Doc, ops: list[Doc]) -> Doc:

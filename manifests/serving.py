@@ -28,6 +28,7 @@ PREDICTOR = "predictor"
 TRANSFORMER = "transformer"
 CONTAINER = "kserve-container"  # KServe renames the first container of a custom component to this
 LIVE, READY = "/v2/health/live", "/v2/health/ready"
+PROFILE_ANNOTATION = "kzero.dev/profile"
 
 
 def _num(value: float) -> str:
@@ -171,11 +172,14 @@ def _pointer(*parts: str) -> str:
     return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def profile_patch(profile: Profile) -> list[Doc]:
-    """JSON patch (RFC 6902) turning the base InferenceService into the cpu or gpu variant."""
+def profile_patch(profile: Profile, name: str) -> list[Doc]:
+    """JSON patch (RFC 6902) turning the base InferenceService into the cpu or gpu variant.
+
+    The profile's name is recorded in an annotation, so ``python -m manifests rollout`` renders the
+    InferenceService that is deployed, on the same profile."""
     container = ("spec", "predictor", "containers", "0")
-    ops: list[Doc] = [{"op": "add", "path": _pointer(*container, "args", "-"), "value": v}
-                      for v in profile_args(profile)]
+    ops: list[Doc] = [{"op": "add", "path": _pointer("metadata", "annotations", PROFILE_ANNOTATION), "value": name}]
+    ops += [{"op": "add", "path": _pointer(*container, "args", "-"), "value": v} for v in profile_args(profile)]
     ops.append({"op": "add", "path": _pointer(*container, "resources"), "value": profile.resources.to_k8s()})
     if profile.image:
         ops.append({"op": "replace", "path": _pointer(*container, "image"), "value": profile.image})

@@ -41,6 +41,18 @@ def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def serving_components(docs: list[Doc]) -> dict[str, Doc]:
+    """Pod spec by component (predictor, transformer): from the InferenceService, or from the Knative
+    Services of the knative-service overlay (their template's spec, labels added as KServe would)."""
+    found = {name: spec for isvc in of_kind(docs, "InferenceService") for name, spec in isvc["spec"].items()}
+    for ksvc in of_kind(docs, "Service"):
+        if ksvc["apiVersion"].startswith("serving.knative.dev/"):
+            template = ksvc["spec"]["template"]
+            found[ksvc["metadata"]["labels"]["app.kubernetes.io/component"]] = {
+                **template["spec"], "labels": template["metadata"]["labels"]}
+    return found
+
+
 # -- strict deserialization into the generated SDK models -------------------------------------------
 
 class UnknownField(AssertionError):

@@ -9,7 +9,15 @@ import pytest
 from manifests.config import DeployConfig
 from manifests.render import OVERLAYS, overlay_documents, render_tree
 from predictors.__main__ import config_from_args as predictor_config
-from tests.manifests.helpers import EXAMPLES, configmap_data, example, expand, find, of_kind, resolve_env
+from tests.manifests.helpers import (
+    EXAMPLES,
+    configmap_data,
+    example,
+    expand,
+    of_kind,
+    resolve_env,
+    serving_components,
+)
 from transformers_pre.__main__ import config_from_args as transformer_config
 
 Doc = dict[str, Any]
@@ -25,8 +33,8 @@ def with_keys(name: str) -> DeployConfig:
 
 
 def _containers(docs: list[Doc]) -> dict[str, Doc]:
-    """Container by component: predictor, transformer (InferenceService), worker (Deployment)."""
-    found = {name: component["containers"][0] for name, component in find(docs, "InferenceService")["spec"].items()}
+    """Container by component: predictor, transformer (InferenceService or Knative Services), worker (Deployment)."""
+    found = {name: component["containers"][0] for name, component in serving_components(docs).items()}
     for deployment in of_kind(docs, "Deployment"):
         found["worker"] = deployment["spec"]["template"]["spec"]["containers"][0]
     return found

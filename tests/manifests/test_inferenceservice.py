@@ -24,8 +24,9 @@ from tests.manifests.helpers import (
     strict_deserialize,
 )
 
-HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}  # served by predictors.server; checked live in test_containers
+HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}  # served by serving.server; checked live in test_containers
 SERVING_OVERLAYS = ("cpu", "gpu")
+KSERVE_OVERLAYS = [o for o in OVERLAYS if o != "knative-service"]  # that one renders Knative Services instead
 
 
 def _isvc(config: DeployConfig, overlay: str) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def config(request: pytest.FixtureRequest) -> DeployConfig:
     return example(request.param)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", KSERVE_OVERLAYS)
 def test_the_kserve_sdk_model_knows_every_field(config: DeployConfig, overlay: str) -> None:
     isvc = strict_deserialize(_isvc(config, overlay), "V1beta1InferenceService")
     assert isvc.spec.predictor.containers[0].name == "kserve-container"

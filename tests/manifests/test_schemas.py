@@ -21,7 +21,8 @@ CORE_MODELS = {
     ("apps/v1", "Deployment"): "V1Deployment",
     ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
 }
-CUSTOM = set(crd_schemas.SPECS) | {("serving.kserve.io/v1beta1", "InferenceService")}
+KNATIVE_SERVICE = ("serving.knative.dev/v1", "Service")
+CUSTOM = set(crd_schemas.SPECS) | {("serving.kserve.io/v1beta1", "InferenceService"), KNATIVE_SERVICE}
 
 
 def with_kafka_auth(config: DeployConfig) -> DeployConfig:
@@ -71,6 +72,17 @@ def test_core_kinds_match_the_kubernetes_schema(doc: dict[str, Any]) -> None:
                          ids=_ids([x for x in DOCS if (x[1]["apiVersion"], x[1]["kind"]) in crd_schemas.SPECS]))
 def test_custom_resources_use_documented_fields(doc: dict[str, Any]) -> None:
     crd_schemas.validate(doc)
+
+
+@pytest.mark.parametrize("doc", [d for _, d in DOCS if (d["apiVersion"], d["kind"]) == KNATIVE_SERVICE],
+                         ids=_ids([x for x in DOCS if (x[1]["apiVersion"], x[1]["kind"]) == KNATIVE_SERVICE]))
+def test_knative_services_carry_a_kubernetes_pod_spec(doc: dict[str, Any]) -> None:
+    # A revision template is a pod spec plus Knative's two revision fields (the webhook checks the rest).
+    assert set(doc["spec"]) == {"template"}
+    template = doc["spec"]["template"]
+    strict_deserialize(template["metadata"], "V1ObjectMeta")
+    revision_fields = ("containerConcurrency", "timeoutSeconds")
+    strict_deserialize({k: v for k, v in template["spec"].items() if k not in revision_fields}, "V1PodSpec")
 
 
 def test_a_misspelled_field_is_caught() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from manifests.config import DeployConfig
 from manifests.render import OVERLAYS, overlay_documents
-from tests.manifests.helpers import EXAMPLES, example, of_kind
+from tests.manifests.helpers import EXAMPLES, example, of_kind, serving_components
 
 Doc = dict[str, Any]
 
@@ -22,9 +22,8 @@ def docs(request: pytest.FixtureRequest) -> list[Doc]:
 
 def pods(docs: list[Doc]) -> Iterator[tuple[str, dict[str, str], Doc]]:
     """(where, pod labels, pod spec) for every pod the set creates."""
-    for isvc in of_kind(docs, "InferenceService"):
-        for component, spec in isvc["spec"].items():
-            yield f"InferenceService {component}", spec["labels"], spec
+    for component, spec in serving_components(docs).items():
+        yield f"serving {component}", spec["labels"], spec
     for deployment in of_kind(docs, "Deployment"):
         template = deployment["spec"]["template"]
         yield f"Deployment {deployment['metadata']['name']}", template["metadata"]["labels"], template["spec"]
