@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kzero-installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean image image-test
 
 venv: $(STAMP)
 
@@ -25,6 +25,16 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The image on this machine's own Docker engine (scripts/docker.sh; Debian's docker.io, installed
+# if missing), from a Debian-made base and the host's pip settings: see docs/deploy.md.
+image:
+	bash scripts/image.sh build
+
+# Builds (or reuses) kzero:dev and runs every entrypoint as the cluster would; `make test` runs the
+# same tests when the engine starts and skips them otherwise, this target fails instead.
+image-test: venv
+	KZERO_IMAGE_TESTS=required HF_HUB_OFFLINE=1 $(PY) -m pytest tests/image
 
 lint: venv
 	$(VENV)/bin/ruff check .
