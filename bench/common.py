@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/, not the repo root, on sys.path
     sys.path.insert(0, str(ROOT))
 
-from predictors.launch import PredictorProcess  # noqa: E402
+from serving.launch import PredictorProcess  # noqa: E402
 
 Payload = Callable[[int], dict[str, Any]]
 Units = Callable[[dict[str, Any]], int]

@@ -58,7 +58,7 @@ def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
 
     from predictors.device import resolve_placement
     from predictors.engines.embed import EmbedEngine
-    from predictors.packaged import resolve_packaged
+    from serving.packaged import resolve_packaged
 
     hf_logging.disable_progress_bar()
     placement = resolve_placement("auto", "auto")

@@ -58,7 +58,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from eventing.jobs import send_events
 from eventing.topics import ensure_topics
 from events.event import Event, request_event
-from predictors.launch import free_port
+from serving.launch import free_port
 
 EVENTS, QUICK_EVENTS = 20_000, 1_000
 MAX_BATCH_1_SHARE = 10  # (c) runs N / 10 events

@@ -56,7 +56,7 @@ from common import (
     table,
 )
 
-from predictors.launch import PredictorProcess, free_port, http_status
+from serving.launch import PredictorProcess, free_port, http_status
 from transformers_pre.ingest.readers import Document
 from transformers_pre.store import Chunk, VectorStore
 

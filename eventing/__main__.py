@@ -22,7 +22,7 @@ from eventing.topics import ensure_topics
 from events.errors import MalformedEvent
 from observability.logs import LogConfig, setup_logging
 from observability.telemetry import Telemetry, setup_telemetry
-from predictors.kserve_import import import_kserve
+from serving.kserve_import import import_kserve
 
 INSTRUMENTATION = "kzero.eventing"
 
@@ -99,9 +99,9 @@ def _worker(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecur
     from eventing.metrics import WorkerMetrics
     from eventing.processing import Processor
     from eventing.worker import Worker, kafka_clients
-    from predictors.auth import predictor_api_key
-    from predictors.client import PredictorClient, make_client
-    from predictors.retry import RetryPolicy
+    from serving.auth import predictor_api_key
+    from serving.client import PredictorClient, make_client
+    from serving.retry import RetryPolicy
 
     try:
         api_key = predictor_api_key(os.environ)  # the key the predictor wants, if it wants one

@@ -1,7 +1,7 @@
 """Micro-batching across events: requests with equal parameters become one predictor call.
 
 Each instance of a merged call carries its own request's trace context in ``parameters.traceparents``
-(``predictors.item_trace``); the worker owns those parameters, so any in an event's data are ignored.
+(``serving.item_trace``); the worker owns those parameters, so any in an event's data are ignored.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from predictors import item_trace
+from serving import item_trace
 
 
 @dataclass(frozen=True)

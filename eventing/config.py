@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
 
 from events.kafka_binding import Mode
-from predictors.retry import RetryPolicy
+from serving.retry import RetryPolicy
 
 DEFAULT_REQUESTS = "kzero.requests"
 DEFAULT_RESULTS = "kzero.results"

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from observability.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, DualCounter, DualGauge, DualHistogram
 
 if TYPE_CHECKING:
-    from predictors.client import TransientCallError
+    from serving.client import TransientCallError
 
 # Values of the ``outcome`` label of kzero_events_processed_total.
 SUCCEEDED = "succeeded"

@@ -20,8 +20,8 @@ from events.errors import BAD_RESPONSE, REJECTED, UNAUTHORIZED, UNAVAILABLE
 from events.event import Event, validate_request
 from observability import propagation
 from observability import semconv as sc
-from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
-from predictors.retry import RetryPolicy, call_with_retries
+from serving.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
+from serving.retry import RetryPolicy, call_with_retries
 
 
 @dataclass(frozen=True)

@@ -112,9 +112,15 @@ def kafka_clients(config: WorkerConfig) -> tuple[KafkaConsumer, KafkaProducer | 
                              linger_ms=5, **extra, **security)
 
     if config.exactly_once:
+        # A transactional call blocks at most max_block_ms (eventing.kafka_fixes); one that cannot finish
+        # sooner has lost its partition, and a shorter bound keeps a stuck zombie answering SIGTERM.
         return consumer, PartitionTransactions(config, lambda transactional_id: producer(
-            transactional_id=transactional_id, transaction_timeout_ms=config.transaction_timeout_ms))
+            transactional_id=transactional_id, transaction_timeout_ms=config.transaction_timeout_ms,
+            max_block_ms=TRANSACTION_BLOCK_MS))
     return consumer, producer()
+
+
+TRANSACTION_BLOCK_MS = 15_000
 
 
 class Worker:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from predictors.config import LimitsConfig
-from predictors.packaged import PACKAGED_MODELS
+from serving.packaged import PACKAGED_MODELS
 
 # RFC 1123 label, kept short so derived names ("<name>-transformer-...") stay under 63 characters.
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=40)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from manifests.config import DeployConfig
 from manifests.settings import Doc, metadata, selector
-from predictors.auth import API_KEYS_ENV, PREDICTOR_API_KEY_ENV
+from serving.auth import API_KEYS_ENV, PREDICTOR_API_KEY_ENV
 
 RUN_AS = 10001  # the image's non-root user (see Dockerfile)
 

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from predictors.auth import add_api_keys_argument
-    from predictors.limits import add_limit_arguments
+    from serving.auth import add_api_keys_argument
+    from serving.limits import add_limit_arguments
 
     p = argparse.ArgumentParser(prog="python -m predictors", description=__doc__)
     p.add_argument("--model_name", default="model", help="name on the endpoint paths")
@@ -46,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorConfig
-    from predictors.auth import AuthConfig
     from predictors.batcher import BatcherConfig
     from predictors.config import LimitsConfig, PredictorConfig
-    from predictors.limits import limits_from_args
+    from serving.auth import AuthConfig
+    from serving.limits import limits_from_args
 
     args = build_parser().parse_args(argv)
     cache_dir = args.cache_dir or Path(env.get("KZERO_CACHE_DIR", Path.home() / ".cache" / "kzero"))
@@ -92,7 +92,7 @@ def _seconds_since_process_start() -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from predictors.auth import ApiKeys, AuthConfigError
+    from serving.auth import ApiKeys, AuthConfigError
 
     try:
         config = config_from_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from predictors.loading import load_task
     from predictors.metrics import PredictorMetrics
     from predictors.model import BatchedModel
-    from predictors.server import KzeroServer, predictor_routers, serve
+    from predictors.routes import predictor_routers
+    from serving.server import KzeroServer, serve
 
     import_s = _seconds_since_process_start()
     from transformers.utils import logging as hf_logging

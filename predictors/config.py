@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from predictors.auth import AuthConfig
 from predictors.batcher import BatcherConfig
-from predictors.limits import RequestLimits
-from predictors.packaged import PACKAGED_MODELS
+from serving.auth import AuthConfig
+from serving.limits import RequestLimits
+from serving.packaged import PACKAGED_MODELS
 
 Task = Literal["embed", "generate"]
 

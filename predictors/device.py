@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from predictors.errors import InvalidInput
+from serving.errors import InvalidInput
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,8 @@
-"""A predictor client that runs a task in this process: the embedded demo needs no server."""
+"""A predictor client that runs a task in this process: the embedded demo needs no server.
+
+The public in-process API of predictors: the RAG transformer and ingestion embed with a packaged
+model through it, and nothing else of predictors is theirs to import (tests/test_layering.py).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from predictors import item_trace
-from predictors.client import PermanentCallError, TransientCallError
-from predictors.config import PredictorConfig
-from predictors.errors import InvalidInput
+from predictors.config import PredictorConfig, Task
 from predictors.loading import load_task
 from predictors.tasks import TaskAdapter
+from serving import item_trace
+from serving.client import PermanentCallError, TransientCallError
+from serving.errors import InvalidInput
 
 
 class InProcessClient:
@@ -24,6 +28,11 @@ class InProcessClient:
     def load(cls, config: PredictorConfig) -> InProcessClient:
         task, _ = load_task(config)
         return cls(task)
+
+    @classmethod
+    def packaged(cls, model_id: str, task: Task) -> InProcessClient:
+        """A packaged model (``serving.packaged``) on this process's CPU or GPU, loaded now (blocking)."""
+        return cls.load(PredictorConfig(model_name=model_id, task=task, model_id=model_id))
 
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         try:

@@ -12,8 +12,8 @@ from predictors.config import PredictorConfig
 from predictors.device import resolve_placement
 from predictors.errors import ModelLoadError
 from predictors.gguf_cache import ensure_safetensors
-from predictors.packaged import resolve_packaged
 from predictors.tasks import TaskAdapter, task_loaders
+from serving.packaged import resolve_packaged
 
 log = logging.getLogger(__name__)
 

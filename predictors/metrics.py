@@ -1,5 +1,5 @@
-"""Metrics of a predictor or transformer server: Prometheus on ``/metrics`` (with KServe's own) and
-the same measurements over OTLP when a meter is passed in."""
+"""Metrics of a predictor server: the batcher, the model and its start, on top of every server's
+(``serving.metrics``), to Prometheus and OTLP alike."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ from opentelemetry import metrics
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from observability.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, DualCounter, DualGauge, DualHistogram
+from serving.metrics import ServerMetrics
 
 TOKEN_RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
-class PredictorMetrics:
+class PredictorMetrics(ServerMetrics):
     """Created once in ``main``; tests pass their own registry (and meter)."""
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, meter: metrics.Meter | None = None) -> None:
-        meter = meter or metrics.NoOpMeter("kzero.predictors")
-        self._requests = DualCounter(
-            meter, registry, "kzero_requests_total", "Requests by route, method and status code",
-            ["route", "method", "code"], unit="{request}")
-        self._latency = DualHistogram(
-            meter, registry, "kzero_request_duration_seconds", "Request latency by route", ["route", "method"],
-            LATENCY_BUCKETS, unit="s")
+        super().__init__(registry, meter, scope="kzero.predictors")
+        meter = self._meter
         self._batch_size = DualHistogram(
             meter, registry, "kzero_batch_size", "Items per forward pass", ["model"], BATCH_BUCKETS, unit="{item}")
         self._queue_wait = DualHistogram(
@@ -41,13 +37,6 @@ class PredictorMetrics:
         self._tokens_per_second = DualHistogram(
             meter, registry, "kzero_generation_tokens_per_second", "Completion tokens per second of each batch",
             ["model"], TOKEN_RATE_BUCKETS, unit="{token}/s")
-        self._client_retries = DualCounter(
-            meter, registry, "kzero_client_retries_total", "Calls to a predictor retried, by its model", ["model"],
-            unit="{retry}")
-
-    def request(self, route: str, method: str, code: int, seconds: float) -> None:
-        self._requests.add(1, route, method, str(code))
-        self._latency.record(seconds, route, method)
 
     def observe_batch(self, model: str, size: int, waits: Sequence[float]) -> None:
         self._batch_size.record(size, model)
@@ -69,6 +58,3 @@ class PredictorMetrics:
 
     def cold_start(self, phase: str, seconds: float) -> None:
         self._cold_start.set(seconds, phase)
-
-    def retried(self, model: str) -> None:
-        self._client_retries.add(1, model)

@@ -23,14 +23,14 @@ from opentelemetry.trace import Link
 
 from observability import semconv
 from observability.propagation import extract
-from predictors import item_trace
 from predictors.batcher import Batcher, BatcherClosed, BatcherConfig, QueueFull
-from predictors.errors import InvalidInput, NotReady, Overloaded, PredictorError, Unavailable
 from predictors.loading import LoadReport
 from predictors.metrics import PredictorMetrics
-from predictors.readiness import LoadGate
 from predictors.tasks import TaskAdapter
 from predictors.tasks.embed import EmbedTask
+from serving import item_trace
+from serving.errors import InvalidInput, NotReady, Overloaded, ServingError, Unavailable
+from serving.readiness import LoadGate
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Work:
     item_span: trace.Span | None = None
 
 
-class InferenceFailed(PredictorError, RuntimeError):
+class InferenceFailed(ServingError, RuntimeError):
     """The model raised while computing a batch (a server fault, not the caller's)."""
 
 
@@ -230,7 +230,7 @@ class BatchedModel(Model):
             work.item_span.end()
 
     def _translate(self, err: BaseException) -> BaseException:
-        if isinstance(err, PredictorError):
+        if isinstance(err, ServingError):
             return err
         if isinstance(err, QueueFull):
             return Overloaded(f"model {self.name} is overloaded: {err}", self._retry_after_s)

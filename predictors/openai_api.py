@@ -3,7 +3,7 @@
 Requests go through the same batcher as v1/v2/gRPC, with the same limits; bodies are parsed by
 ``read_json`` and tokenized off the event loop. Streaming (``stream: true``) sends each piece of
 text as the model thread produces it, as server-sent events. Errors use OpenAI's error shape so
-the official client raises its usual exceptions.
+the official client raises its usual exceptions. The wire format itself is ``serving.openai_wire``.
 """
 
 from __future__ import annotations
@@ -13,105 +13,30 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from predictors.engines.generate import GenerationRequest, GenerationResult, TextSink
-from predictors.errors import InvalidInput, ModelNotFound, PredictorError, Unavailable
 from predictors.tasks.embed import EmbedTask
 from predictors.tasks.generate import ChatMessage, GenerateInstance, GenerateTask, GenerationParameters
-from predictors.validation import check_count, documented_body, parse_model, read_json
+from serving.errors import InvalidInput, ModelNotFound, ServingError
+from serving.openai_wire import (
+    ChatBody,
+    CompletionBody,
+    EmbeddingsBody,
+    OpenAIBody,
+    SamplingBody,
+    json_body,
+    openai_error,
+    sse,
+)
+from serving.validation import check_count, documented_body, parse_model
 
 if TYPE_CHECKING:
     from predictors.model import BatchedModel
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str
-    user: str | None = None
-
-
-class EmbeddingsBody(_Body):
-    input: str | list[str]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    include_usage: bool = False
-
-
-class _SamplingBody(_Body):
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: Literal[1] = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    presence_penalty: Literal[0] = 0
-    frequency_penalty: Literal[0] = 0
-
-    def parameters(self, max_tokens: int | None) -> dict[str, Any]:
-        return {"max_new_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "stop": self.stop, "seed": self.seed}
-
-
-class CompletionBody(_SamplingBody):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
-    echo: Literal[False] = False
-    logprobs: None = None
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    type: Literal["text"]
-    text: str
-
-
-class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-    def plain(self) -> ChatMessage:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
-
-
-class ChatBody(_SamplingBody):
-    messages: list[OpenAIMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: Literal[False] = False
-
-
-def openai_error(err: PredictorError) -> JSONResponse:
-    from predictors.server import http_status
-
-    status = http_status(err)
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    param = err.field if isinstance(err, InvalidInput) else None
-    code = "model_not_found" if isinstance(err, ModelNotFound) else None
-    headers = {"Retry-After": str(err.retry_after_s)} if isinstance(err, Unavailable) else None
-    body = {"error": {"message": str(err), "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def json_body(request: Request) -> Any:
-    return await read_json(await request.body())
 
 
 def _usage(results: list[GenerationResult]) -> dict[str, int]:
@@ -120,25 +45,18 @@ def _usage(results: list[GenerationResult]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def sse(payload: dict[str, Any] | str) -> str:
-    import json
-
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
 Route = Callable[[Request], Awaitable[Response]]
 
 
 def openai_router(model: BatchedModel) -> APIRouter:
     router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
 
-    def route(path: str, method: str = "POST", body: type[_Body] | None = None) -> Callable[[Route], Route]:
+    def route(path: str, method: str = "POST", body: type[OpenAIBody] | None = None) -> Callable[[Route], Route]:
         def wrap(handler: Route) -> Route:
             async def endpoint(request: Request) -> Response:
                 try:
                     return await handler(request)
-                except PredictorError as err:
+                except ServingError as err:
                     return openai_error(err)
 
             router.add_api_route(path, endpoint, methods=[method], response_model=None,
@@ -147,7 +65,7 @@ def openai_router(model: BatchedModel) -> APIRouter:
 
         return wrap
 
-    async def body_of(request: Request, schema: type[_Body]) -> Any:
+    async def body_of(request: Request, schema: type[OpenAIBody]) -> Any:
         body = parse_model(schema, await json_body(request))
         if body.model != model.name:
             raise ModelNotFound(body.model, [model.name])
@@ -230,7 +148,8 @@ def openai_router(model: BatchedModel) -> APIRouter:
         task: GenerateTask = task_of(GenerateTask, "chat completions")
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = task.sampling(parse_model(GenerationParameters, body.parameters(max_tokens)), "")
-        ids = await asyncio.to_thread(task.encode, GenerateInstance(messages=[m.plain() for m in body.messages]), "")
+        instance = GenerateInstance(messages=[ChatMessage(**m.plain()) for m in body.messages])
+        ids = await asyncio.to_thread(task.encode, instance, "")
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
@@ -263,7 +182,7 @@ def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
 
 
 def _usage_chunk(
-    body: _SamplingBody, reply_id: str, created: int, model_name: str, obj: str
+    body: SamplingBody, reply_id: str, created: int, model_name: str, obj: str
 ) -> Callable[[GenerationResult], dict[str, Any]] | None:
     if not (body.stream_options and body.stream_options.include_usage):
         return None
@@ -302,7 +221,7 @@ def _stream(
                 yield sse(piece(text))
             try:
                 [result] = await job
-            except PredictorError as err:
+            except ServingError as err:
                 yield sse({"error": {"message": str(err), "type": "server_error"}})
                 return
             yield sse(closing(result))

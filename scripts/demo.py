@@ -38,7 +38,7 @@ from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, Kafk
 from eventing.jobs import collect, submit
 from eventing.topics import ensure_topics
 from observability.telemetry import setup_telemetry
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 
 LOGS = Path("data/demo-logs")
 JOB_TIMEOUT_S = 600

@@ -1,6 +1,6 @@
 """Who may call what on a kzero server, enforced at the edge: an ASGI middleware and a gRPC interceptor.
 
-With API keys configured (``predictors.auth``), every route but the probes and ``/metrics`` needs
+With API keys configured (``serving.auth``), every route but the probes and ``/metrics`` needs
 ``Authorization: Bearer <key>`` (gRPC: ``authorization`` metadata); the check is default-deny, so a
 route added later is never open by accident. The model repository routes (load/unload) are refused
 unless the server was started with ``--enable_model_repository``, and need a key like the rest.
@@ -18,8 +18,8 @@ from grpc_interceptor.server import AsyncServerInterceptor
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from predictors.auth import API_KEYS_ENV, API_KEYS_FLAG, ApiKeys, refusal
-from predictors.repository import REPOSITORY_OFF
+from serving.auth import API_KEYS_ENV, API_KEYS_FLAG, ApiKeys, refusal
+from serving.repository import REPOSITORY_OFF
 
 log = logging.getLogger(__name__)
 

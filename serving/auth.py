@@ -2,7 +2,7 @@
 
 Keys come from ``KZERO_API_KEYS`` (comma-separated) or ``--api_keys_file`` (one per line, ``#``
 comments, re-read at most once a second, so a rotated Kubernetes Secret takes effect without a
-restart); with neither, authentication is off. ``predictors.access`` enforces them at the edge.
+restart); with neither, authentication is off. ``serving.access`` enforces them at the edge.
 
 A presented key is compared with every configured key through SHA-256 digests and
 ``hmac.compare_digest``, so neither which key matched nor a key's length shows in the timing.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from predictors.errors import PredictorError
+from serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def add_api_keys_argument(parser: argparse.ArgumentParser) -> None:
                                                        f"{API_KEYS_ENV}; with neither, no authentication)")
 
 
-class AuthConfigError(PredictorError, ValueError):
+class AuthConfigError(ServingError, ValueError):
     """Keys missing, empty or contradictory at start: the server refuses to start (exit 2)."""
 
 

@@ -3,7 +3,7 @@
 KServe's own clients retry nothing by default (0.21's REST retries are silently 0) and forward
 no trace context. Here every call is one attempt that classifies its failure as transient
 (connection refused, timeout, 5xx, 429/503 with ``Retry-After``) or permanent (other 4xx,
-INVALID_ARGUMENT, NOT_FOUND); ``predictors.retry`` decides what to do about it. A refused API key
+INVALID_ARGUMENT, NOT_FOUND); ``serving.retry`` decides what to do about it. A refused API key
 (401, UNAUTHENTICATED) is ``Unauthorized``, permanent: no request can pass until the key is fixed.
 Whatever the protocol, callers speak v1 bodies: ``{"instances": [...], "parameters": {...}}`` in,
 ``{"predictions": [...]}`` out.
@@ -11,7 +11,7 @@ Whatever the protocol, callers speak v1 bodies: ``{"instances": [...], "paramete
 Every call is a CLIENT span whose context goes out as W3C headers (HTTP) or metadata (gRPC). Its
 parent is the current span, or else the trace context in the ``headers`` argument, so a caller with
 no span of its own (a worker holding only an event's ``traceparent``) still continues its trace.
-A batched caller's per-instance contexts (``parameters.traceparents``, see ``predictors.item_trace``)
+A batched caller's per-instance contexts (``parameters.traceparents``, see ``serving.item_trace``)
 go as JSON lists on v1 and as JSON text in string parameters on v2 and gRPC.
 """
 
@@ -30,15 +30,15 @@ from pydantic import SecretStr
 
 from observability import semconv
 from observability.propagation import extract, inject
-from predictors import item_trace
-from predictors.errors import PredictorError
+from serving import item_trace
+from serving.errors import ServingError
 
 Protocol_ = Literal["v1", "v2", "grpc-v2"]
 FORWARDED_HEADERS = ("x-request-id",)
 GRPC_SERVICE = "inference.GRPCInferenceService"
 
 
-class CallFailed(PredictorError):
+class CallFailed(ServingError):
     """One call to a predictor failed."""
 
     def __init__(self, message: str, *, status: int | str | None = None) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -37,17 +37,15 @@ from events.event import (
 from events.http_binding import BATCH_CONTENT_TYPE, HttpMode, events_from_http, http_reply, is_cloudevent
 from observability import semconv
 from observability.propagation import extract
-from predictors.errors import InvalidInput, ModelNotFound, PredictorError
-from predictors.limits import RequestLimits
-from predictors.validation import check_count, documented_body, read_json
-
-if TYPE_CHECKING:
-    from predictors.model import BatchedModel
+from serving.errors import InvalidInput, ModelNotFound, ServingError
+from serving.limits import RequestLimits
+from serving.readiness import ServedModel
+from serving.validation import check_count, documented_body, read_json
 
 PREDICT_PATH = "/v1/models/{model_name}:predict"
 
 Predict = Callable[[dict[str, Any], dict[str, str]], Awaitable[Any]]
-"""A v1 request body and trace headers in, the v1 response body out (``BatchedModel.predict``)."""
+"""A v1 request body and trace headers in, the v1 response body out (``ServedModel.predict``)."""
 
 V1Handler = Callable[[str, Any, Mapping[str, str]], Awaitable[Response]]
 """v1 predict of a parsed JSON body that is not a CloudEvent (``kserve_v1``)."""
@@ -142,7 +140,7 @@ def in_event_trace(predict: Predict, tracer: trace.Tracer, model_name: str) -> P
 
 
 def cloudevents_router(
-    model: BatchedModel, fallback: V1Handler, tracer: trace.Tracer | None = None,
+    model: ServedModel, fallback: V1Handler, tracer: trace.Tracer | None = None,
     limits: RequestLimits | None = None,
 ) -> APIRouter:
     """The v1 predict route answering CloudEvents; registered before KServe's, whose handling gets the rest."""
@@ -177,7 +175,7 @@ async def _answer_item(predict: Predict, item: Any, headers: Mapping[str, str], 
         return error_event(code=INVALID_EVENT, message=str(err), attempts=0, source=source, original=event)
     try:
         response = await predict(request_body, _trace_context(event, headers))
-    except PredictorError as err:
+    except ServingError as err:
         # Same codes as the eventing worker's DLQ: the caller's fault is final, the rest may be retried.
         code = REJECTED if isinstance(err, InvalidInput) else UNAVAILABLE
         return error_event(code=code, message=str(err), attempts=1, source=source, original=event)

@@ -1,13 +1,17 @@
-"""Errors of the predictors package. Translated to HTTP/gRPC codes only at the server edge."""
+"""Errors of every kzero server and client: one base, subclasses that also inherit the builtin.
+
+Raised anywhere below the edge; ``serving.status`` maps them to HTTP and gRPC codes, and only the
+edges (the server's handlers and interceptor, the OpenAI routes) call it.
+"""
 
 from __future__ import annotations
 
 
-class PredictorError(Exception):
-    """Base of every error raised by kzero predictors."""
+class ServingError(Exception):
+    """Base of every error raised by kzero's servers (predictor and transformer) and their clients."""
 
 
-class InvalidInput(PredictorError, ValueError):
+class InvalidInput(ServingError, ValueError):
     """The request is malformed; ``field`` names the offending part (e.g. ``instances[2].prompt``)."""
 
     def __init__(self, field: str, problem: str) -> None:
@@ -16,7 +20,7 @@ class InvalidInput(PredictorError, ValueError):
         self.problem = problem
 
 
-class NotFound(PredictorError, LookupError):
+class NotFound(ServingError, LookupError):
     """The request names something this server does not have (HTTP 404, gRPC NOT_FOUND)."""
 
 
@@ -34,7 +38,7 @@ class ModelUnloaded(NotFound):
         self.name = name
 
 
-class Unavailable(PredictorError):
+class Unavailable(ServingError):
     """The request cannot be served now but may succeed later (HTTP 503 + Retry-After)."""
 
     def __init__(self, message: str, retry_after_s: int) -> None:
@@ -48,7 +52,3 @@ class NotReady(Unavailable):
 
 class Overloaded(Unavailable):
     """The batch queue is full; the caller should back off."""
-
-
-class ModelLoadError(PredictorError, RuntimeError):
-    """The model could not be loaded; the server reports not-ready and exits."""

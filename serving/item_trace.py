@@ -27,8 +27,8 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from observability import semconv
 from observability.propagation import extract
-from predictors.errors import InvalidInput
-from predictors.validation import plain_parameters
+from serving.errors import InvalidInput
+from serving.validation import plain_parameters
 
 if TYPE_CHECKING:  # the worker imports this module through the client; it needs no KServe
     from kserve.protocol.infer_type import InferRequest

@@ -6,7 +6,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictors.errors import InvalidInput
+from serving.errors import InvalidInput
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from kserve.protocol.infer_type import InferRequest
 
-from predictors.errors import ModelUnloaded, NotReady, Unavailable
+from serving.errors import ModelUnloaded, NotReady, Unavailable
 
 
 class LoadGate:

@@ -6,7 +6,7 @@ Here unload frees the weights but keeps the model registered (requests get 404 n
 route, readiness is false), load runs the same background loader again (readiness false meanwhile),
 and a reload that fails makes the server report not-live, so Kubernetes restarts it.
 
-Off unless the server is started with ``--enable_model_repository``; the edge (``predictors.access``)
+Off unless the server is started with ``--enable_model_repository``; the edge (``serving.access``)
 refuses the routes first, and this class refuses them too should a call get past it.
 """
 
@@ -17,8 +17,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from predictors.errors import ModelNotFound, ModelUnloaded, NotFound, NotReady, Unavailable
-from predictors.readiness import ServedModel
+from serving.errors import ModelNotFound, ModelUnloaded, NotFound, NotReady, Unavailable
+from serving.readiness import ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from predictors.client import CallFailed, TransientCallError
+from serving.client import CallFailed, TransientCallError
 
 T = TypeVar("T")
 

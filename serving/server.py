@@ -1,4 +1,4 @@
-"""The KServe ModelServer with kzero's edges: honest readiness, error mapping, metrics, OpenAI routes.
+"""The KServe ModelServer with kzero's edges: honest readiness, error mapping, access, limits, metrics, spans.
 
 KServe's own server registers a model only once it is ready and reports ``/v2/health/ready``
 true regardless of the model; during a scale-from-zero it answers 400/503 without Retry-After
@@ -14,13 +14,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent import futures
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from grpc import StatusCode, aio
+from grpc import aio
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import ModelNotReady, ServerNotLive, ServerNotReady
@@ -34,53 +32,24 @@ from opentelemetry import trace
 
 from observability.logs import LogConfig, setup_logging
 from observability.telemetry import Telemetry
-from predictors.access import GrpcAccess, HttpAccess, describe
-from predictors.auth import ApiKeys
-from predictors.cloudevents_http import cloudevents_router, kserve_v1
-from predictors.errors import InvalidInput, NotFound, Overloaded, PredictorError, Unavailable
-from predictors.http_protocol import guarded_http_protocol
-from predictors.limits import RequestGuard, RequestLimits
-from predictors.metrics import PredictorMetrics
-from predictors.model import BatchedModel
-from predictors.openai_api import openai_router
-from predictors.openapi_doc import document_served_routes
-from predictors.readiness import ServedModel
-from predictors.repository import SingleModelRepository
-from predictors.server_spans import GrpcServerSpans, HttpServerSpans, is_inference
-from predictors.v2_wire import v2_infer_router
-from predictors.validation import field_path
+from serving.access import GrpcAccess, HttpAccess, describe
+from serving.auth import ApiKeys
+from serving.errors import InvalidInput, NotFound, ServingError, Unavailable
+from serving.http_protocol import guarded_http_protocol
+from serving.limits import RequestGuard, RequestLimits
+from serving.metrics import ServerMetrics
+from serving.openapi_doc import document_served_routes
+from serving.readiness import ServedModel
+from serving.repository import SingleModelRepository
+from serving.server_spans import GrpcServerSpans, HttpServerSpans, is_inference
+from serving.status import error_response, grpc_status, http_status
+from serving.v2_wire import v2_infer_router
+from serving.validation import field_path
 
 log = logging.getLogger(__name__)
 
 # Loggers that KServe and uvicorn configure with handlers of their own; ours format them alike.
 ADOPTED_LOGGERS = ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access")
-
-
-def http_status(err: PredictorError) -> int:
-    if isinstance(err, InvalidInput):
-        return HTTPStatus.BAD_REQUEST
-    if isinstance(err, NotFound):
-        return HTTPStatus.NOT_FOUND
-    if isinstance(err, Unavailable):
-        return HTTPStatus.SERVICE_UNAVAILABLE
-    return HTTPStatus.INTERNAL_SERVER_ERROR
-
-
-def error_response(err: PredictorError) -> JSONResponse:
-    headers = {"Retry-After": str(err.retry_after_s)} if isinstance(err, Unavailable) else None
-    return JSONResponse({"error": str(err)}, status_code=http_status(err), headers=headers)
-
-
-def grpc_status(err: PredictorError) -> StatusCode:
-    if isinstance(err, InvalidInput):
-        return StatusCode.INVALID_ARGUMENT
-    if isinstance(err, NotFound):
-        return StatusCode.NOT_FOUND
-    if isinstance(err, Overloaded):
-        return StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(err, Unavailable):
-        return StatusCode.UNAVAILABLE
-    return StatusCode.INTERNAL
 
 
 def _drop_not_ready_tracebacks(record: logging.LogRecord) -> bool:
@@ -113,16 +82,16 @@ class ReadinessDataPlane(DataPlane):
         self.not_live_reason = reason
 
 
-class PredictorErrorsInterceptor(ExceptionToStatusInterceptor):
+class ServingErrorsInterceptor(ExceptionToStatusInterceptor):
     async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str) -> None:
-        if isinstance(ex, PredictorError):
+        if isinstance(ex, ServingError):
             if isinstance(ex, Unavailable):
                 context.set_trailing_metadata((("retry-after", str(ex.retry_after_s)),))
             await context.abort(grpc_status(ex), str(ex))
         await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
-class PredictorGRPCServer(GRPCServer):
+class KzeroGRPCServer(GRPCServer):
     """KServe's gRPC server with kzero's error mapping in place of KServe's, and a span per call."""
 
     def __init__(self, *args: Any, tracer: trace.Tracer, access: GrpcAccess, **kwargs: Any) -> None:
@@ -135,7 +104,7 @@ class PredictorGRPCServer(GRPCServer):
             futures.ThreadPoolExecutor(max_workers=max_workers),
             # Access first: a refused call holds nothing. The span interceptor then sees the status the
             # error mapping aborted with.
-            interceptors=(self._access, GrpcServerSpans(self._tracer), PredictorErrorsInterceptor()),
+            interceptors=(self._access, GrpcServerSpans(self._tracer), ServingErrorsInterceptor()),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                 ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
@@ -153,7 +122,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def install_http(
-    app: FastAPI, model: ServedModel, metrics: PredictorMetrics, routers: list[APIRouter], tracer: trace.Tracer
+    app: FastAPI, model: ServedModel, metrics: ServerMetrics, routers: list[APIRouter], tracer: trace.Tracer
 ) -> None:
     """Routes, error handlers and middleware added to KServe's app before it starts.
 
@@ -162,7 +131,7 @@ def install_http(
     """
 
     async def predictor_error(_: Request, err: Exception) -> Response:
-        assert isinstance(err, PredictorError)
+        assert isinstance(err, ServingError)
         if http_status(err) >= 500 and not isinstance(err, Unavailable):
             log.error("request failed: %s", err)
         return error_response(err)
@@ -174,7 +143,7 @@ def install_http(
         loc = [p for p in first["loc"][1:] if p not in ("InferenceRequest", "bytes")]
         return error_response(InvalidInput(field_path("", tuple(loc)), first["msg"]))
 
-    app.add_exception_handler(PredictorError, predictor_error)
+    app.add_exception_handler(ServingError, predictor_error)
     app.add_exception_handler(RequestValidationError, request_invalid)
     for router in routers:
         app.include_router(router)
@@ -207,20 +176,14 @@ def install_http(
 
 
 RoutersFor = Callable[[DataPlane], list[APIRouter]]
-
-
-def predictor_routers(
-    model: BatchedModel, tracer: trace.Tracer | None = None, limits: RequestLimits | None = None
-) -> RoutersFor:
-    return lambda dataplane: [openai_router(model),
-                              cloudevents_router(model, kserve_v1(dataplane), tracer, limits)]
+"""The server's own routes, given KServe's data plane (its v1 handling is the CloudEvents route's fallback)."""
 
 
 class KzeroServer(ModelServer):
     """KServe's ModelServer serving one model that loads in the background, with kzero's edges."""
 
     def __init__(
-        self, model: ServedModel, metrics: PredictorMetrics, routers: RoutersFor, *,
+        self, model: ServedModel, metrics: ServerMetrics, routers: RoutersFor, *,
         http_port: int, grpc_port: int, enable_grpc: bool = True, tracer: trace.Tracer | None = None,
         log_config: LogConfig | None = None, api_keys: ApiKeys | None = None, enable_model_repository: bool = False,
         request_limits: RequestLimits | None = None,
@@ -276,7 +239,7 @@ class KzeroServer(ModelServer):
         self._rest_server.config.http = guarded_http_protocol(self._request_limits)  # header deadline and size
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
-            self._grpc_server = PredictorGRPCServer(
+            self._grpc_server = KzeroGRPCServer(
                 self.grpc_port,
                 self.dataplane,
                 self.model_repository_extension,

@@ -26,8 +26,8 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse,
 from kserve.protocol.rest.v2_datamodels import InferenceRequest, RequestInput
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
-from predictors.errors import InvalidInput
-from predictors.validation import parse_json, parse_model, plain_parameters
+from serving.errors import InvalidInput
+from serving.validation import parse_json, parse_model, plain_parameters
 
 HEADER_LENGTH = "inference-header-content-length"
 # Request parameters that choose the wire format; a model never sees them.

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from predictors.errors import InvalidInput
+from serving.errors import InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.kafka_fixture import kafka_bootstrap  # noqa: F401
 from tests.keyed import KEYS
 from tests.otlp_receiver import OtlpReceiver

@@ -2,7 +2,7 @@
 
 Two sources of input: schemathesis, generating valid and invalid requests from each server's own
 OpenAPI document (``/openapi.json``: KServe turns off only the docs UI, and kzero's document
-describes the routes that actually serve, see ``predictors.openapi_doc``), and hand-written bodies
+describes the routes that actually serve, see ``serving.openapi_doc``), and hand-written bodies
 that parsers and tokenizers choke on. No input may get a 5xx other than a deliberate 503 with
 ``Retry-After``, and every bad request must leave its keep-alive connection usable.
 """
@@ -23,7 +23,7 @@ from schemathesis.core import NotSet
 from schemathesis.generation import GenerationMode
 
 from events.event import REQUEST_TYPE
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 
 pytestmark = pytest.mark.slow
 

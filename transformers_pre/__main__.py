@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from predictors.auth import add_api_keys_argument
-    from predictors.limits import add_limit_arguments
+    from serving.auth import add_api_keys_argument
+    from serving.limits import add_limit_arguments
 
     p = argparse.ArgumentParser(prog="python -m transformers_pre", description=__doc__)
     p.add_argument("--model_name", default="rag")
@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> TransformerConfig:
     """``env`` supplies KZERO_API_KEYS (the keys callers need) and KZERO_PREDICTOR_API_KEY (ours)."""
-    from predictors.auth import AuthConfig, predictor_api_key
-    from predictors.limits import limits_from_args
+    from serving.auth import AuthConfig, predictor_api_key
+    from serving.limits import limits_from_args
     from transformers_pre.config import ChainConfig, TransformerConfig
     from transformers_pre.filters import parse_fields
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         config = config_from_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
-        from predictors.auth import ApiKeys
+        from serving.auth import ApiKeys
 
         api_keys = ApiKeys.from_config(config.auth)
     except (ValidationError, ValueError) as err:  # AuthConfigError too: it names the variable or file
@@ -93,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from observability.logs import LogConfig
     from observability.telemetry import setup_telemetry
-    from predictors.cloudevents_http import cloudevents_router, kserve_v1
-    from predictors.metrics import PredictorMetrics
-    from predictors.server import KzeroServer, serve
+    from serving.cloudevents_http import cloudevents_router, kserve_v1
+    from serving.metrics import ServerMetrics
+    from serving.server import KzeroServer, serve
     from transformers_pre.deps import build_deps
     from transformers_pre.model import RagModel
     from transformers_pre.openai_api import rag_openai_router
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m transformers_pre: {err}", file=sys.stderr)
         return 2
     tracer = telemetry.tracer("kzero.transformers_pre")
-    metrics = PredictorMetrics(meter=telemetry.meter("kzero.transformers_pre"))
+    metrics = ServerMetrics(meter=telemetry.meter("kzero.transformers_pre"))
     model = RagModel(config, lambda: build_deps(config, tracer, metrics), tracer)
 
     def routers(dataplane: DataPlane) -> list[APIRouter]:

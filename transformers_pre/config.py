@@ -8,9 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from predictors.auth import AuthConfig
-from predictors.limits import RequestLimits
-from predictors.retry import RetryPolicy
+from serving.auth import AuthConfig
+from serving.limits import RequestLimits
+from serving.retry import RetryPolicy
 from transformers_pre.filters import DEFAULT_FILTER_FIELDS, FieldType, check_fields
 from transformers_pre.store import SearchMode
 

@@ -6,8 +6,8 @@ import asyncio
 
 from opentelemetry import trace
 
-from predictors.client import make_client
-from predictors.metrics import PredictorMetrics
+from serving.client import make_client
+from serving.metrics import ServerMetrics
 from transformers_pre.config import TransformerConfig
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.filters import FilterCompiler, ScopeRules
@@ -15,7 +15,7 @@ from transformers_pre.steps import ChainDeps
 from transformers_pre.store import VectorStore
 
 
-async def build_deps(config: TransformerConfig, tracer: trace.Tracer, metrics: PredictorMetrics) -> ChainDeps:
+async def build_deps(config: TransformerConfig, tracer: trace.Tracer, metrics: ServerMetrics) -> ChainDeps:
     # Loading an in-process embedder and opening Milvus Lite block: keep the server's loop free.
     client, model = await asyncio.to_thread(
         embedder_client, config.embedder, config.embedder_protocol, config.request_timeout_s, tracer,

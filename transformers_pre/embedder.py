@@ -9,8 +9,8 @@ import numpy as np
 from opentelemetry import trace
 from pydantic import SecretStr
 
-from predictors.client import CallFailed, PredictorClient, TransientCallError, make_client
-from predictors.retry import RetryPolicy, call_with_retries
+from serving.client import CallFailed, PredictorClient, TransientCallError, make_client
+from serving.retry import RetryPolicy, call_with_retries
 from transformers_pre.errors import PredictorUnavailable
 
 
@@ -65,9 +65,8 @@ def embedder_client(
     """``spec`` is a packaged model id (run in-process) or ``URL[#model]`` of an embedding predictor
     (called with ``api_key``, if any)."""
     if "://" not in spec and ":" not in spec:
-        from predictors.config import PredictorConfig
         from predictors.inprocess import InProcessClient
 
-        return InProcessClient.load(PredictorConfig(model_name=spec, task="embed", model_id=spec)), spec
+        return InProcessClient.packaged(spec, "embed"), spec
     target, _, model = spec.partition("#")
     return make_client(protocol, target, timeout_s, tracer, api_key), model or "minilm"  # type: ignore[arg-type]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from predictors.errors import InvalidInput, NotFound, PredictorError, Unavailable
+from serving.errors import InvalidInput, NotFound, ServingError, Unavailable
 
 RETRY_AFTER_S = 5
 
 
-class TransformerError(PredictorError):
+class TransformerError(ServingError):
     """Base of the transformer's own errors."""
 
 

@@ -19,10 +19,10 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from observability import semconv
-from predictors import item_trace
-from predictors.readiness import LoadGate
-from predictors.v2_wire import tensor, v2_response
-from predictors.validation import parse_model, v1_instances, v2_texts
+from serving import item_trace
+from serving.readiness import LoadGate
+from serving.v2_wire import tensor, v2_response
+from serving.validation import parse_model, v1_instances, v2_texts
 from transformers_pre.chain import Chain, build_chain
 from transformers_pre.config import TransformerConfig
 from transformers_pre.context import RagContext, RagInstance

@@ -20,10 +20,10 @@ from pydantic import SecretStr
 
 from observability import semconv
 from observability.propagation import inject
-from predictors.client import bearer_headers, client_span, forwarded, http_attributes, refused_message
-from predictors.errors import InvalidInput, ModelNotFound, PredictorError
-from predictors.openai_api import ChatBody, json_body, openai_error, sse
-from predictors.validation import documented_body, parse_model
+from serving.client import bearer_headers, client_span, forwarded, http_attributes, refused_message
+from serving.errors import InvalidInput, ModelNotFound, ServingError
+from serving.openai_wire import ChatBody, json_body, openai_error, sse
+from serving.validation import documented_body, parse_model
 from transformers_pre.context import RagContext, RagInstance
 from transformers_pre.errors import PredictorUnavailable
 from transformers_pre.steps.generate import record_usage
@@ -48,7 +48,7 @@ def rag_openai_router(model: RagModel, tracer: trace.Tracer | None = None) -> AP
     async def chat(request: Request) -> Response:
         try:
             return await _chat(model, request, tracer)
-        except PredictorError as err:
+        except ServingError as err:
             return openai_error(err)
 
     return router
@@ -67,10 +67,10 @@ async def _chat(model: RagModel, request: Request, tracer: trace.Tracer) -> Resp
     assert model.chain is not None and model.deps is not None
     before, after = model.chain.split("generate")
     scope = model.deps.scope.resolve(retrieval.get("filter"), retrieval.get("collection"))
-    ctx = RagContext(RagInstance(question=body.messages[last].plain().content), f"messages[{last}]",
+    ctx = RagContext(RagInstance(question=body.messages[last].plain()["content"]), f"messages[{last}]",
                      dict(request.headers), scope)
     await before.run(ctx)
-    history = [m.plain().model_dump() for m in body.messages[:last] if m.role != "system"]
+    history = [m.plain() for m in body.messages[:last] if m.role != "system"]
     config = model.deps.config
     upstream = {**raw, "model": config.predictor_model, "messages": [ctx.messages[0], *history, ctx.messages[1]]}
     upstream.setdefault("temperature", 0.0)

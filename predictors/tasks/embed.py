@@ -12,9 +12,9 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from predictors.config import LimitsConfig
 from predictors.device import Placement
 from predictors.engines.embed import EmbedEngine
-from predictors.errors import InvalidInput
-from predictors.v2_wire import tensor, v2_response
-from predictors.validation import check_count, utf8_size, v1_instances, v2_texts
+from serving.errors import InvalidInput
+from serving.v2_wire import tensor, v2_response
+from serving.validation import check_count, utf8_size, v1_instances, v2_texts
 
 _SPECIAL_TOKENS = 4  # room for [CLS]/[SEP]-style tokens a tokenizer adds
 

@@ -19,9 +19,9 @@ from predictors.engines.generate import (
     SamplingParams,
     TextSink,
 )
-from predictors.errors import InvalidInput
-from predictors.v2_wire import model_parameters, tensor, v2_response
-from predictors.validation import field_path, parse_model, utf8_size, v1_instances, v2_texts
+from serving.errors import InvalidInput
+from serving.v2_wire import model_parameters, tensor, v2_response
+from serving.validation import field_path, parse_model, utf8_size, v1_instances, v2_texts
 
 MAX_STOP_STRINGS = 4
 

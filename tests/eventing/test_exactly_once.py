@@ -17,7 +17,7 @@ import pytest
 
 from eventing.jobs import send_events
 from events.event import RESULT_TYPE, Event
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.eventing.helpers import TopicReader, Topics, WorkerProcess, job, read_committed
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from eventing.jobs import JobResults, collect, scan, submit
 from eventing.topics import DEFAULT_PARTITIONS, ensure_topics
 from events.event import RESULT_TYPE, new_event
 from events.kafka_binding import from_record, to_record
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.eventing.helpers import Topics, WorkerProcess
 from tests.kafka_fixture import _free_ports, script_broker
 

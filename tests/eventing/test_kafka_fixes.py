@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from kafka import TopicPartition
-from kafka.errors import InvalidProducerEpochError, KafkaError
+from kafka import KafkaProducer, TopicPartition
+from kafka.errors import InvalidProducerEpochError, KafkaError, KafkaTimeoutError
 from kafka.producer.record_accumulator import RecordAccumulator
 from kafka.producer.transaction_manager import TransactionalRequestResult, TransactionManager, TxnOffsetCommitHandler
 from kafka.structs import OffsetAndMetadata
@@ -60,3 +60,27 @@ def test_an_abortable_error_aborts_only_the_batches_not_sent() -> None:
     accumulator.abort_undrained_batches(InvalidProducerEpochError())  # 2.3.3: ValueError
     assert not futures[0].is_done, "the batch in flight is settled by its response"
     assert futures[1].is_done and isinstance(futures[1].exception, InvalidProducerEpochError)
+
+
+class _StuckProducer:
+    """A producer whose EndTxn never goes out: the commit's result is never completed."""
+
+    def __init__(self) -> None:
+        self.result = TransactionalRequestResult()
+        self._transaction_manager = self
+        self._sender = self
+        self.config = {"max_block_ms": 50}
+
+    def begin_commit(self) -> TransactionalRequestResult:
+        return self.result
+
+    def wakeup(self) -> None:
+        pass
+
+
+def test_a_commit_that_never_completes_times_out_instead_of_hanging() -> None:
+    producer = _StuckProducer()
+    with pytest.raises(KafkaTimeoutError, match="commit the transaction"):
+        KafkaProducer.commit_transaction(producer)
+    producer.result.done()
+    KafkaProducer.commit_transaction(producer)  # completed now: returns

@@ -10,8 +10,8 @@ from opentelemetry.trace import StatusCode
 
 from eventing.processing import Failure, Processor, Success
 from events.errors import REJECTED, UNAVAILABLE
-from predictors.client import PermanentCallError, TransientCallError
-from predictors.retry import RetryPolicy
+from serving.client import PermanentCallError, TransientCallError
+from serving.retry import RetryPolicy
 
 
 class FakePredictor:

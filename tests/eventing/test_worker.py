@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from eventing.jobs import send_events
 from events.event import ERROR_TYPE, RESULT_TYPE, new_event, request_event
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.eventing.helpers import TopicReader, Topics, WorkerProcess, job
 
 pytestmark = pytest.mark.slow

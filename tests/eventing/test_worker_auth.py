@@ -17,9 +17,9 @@ from eventing.jobs import send_events
 from eventing.processing import Failure, Processor
 from events.errors import UNAUTHORIZED
 from events.event import ERROR_TYPE, RESULT_TYPE, Event, request_event
-from predictors.client import Unauthorized
-from predictors.launch import PredictorProcess
-from predictors.retry import RetryPolicy
+from serving.client import Unauthorized
+from serving.launch import PredictorProcess
+from serving.retry import RetryPolicy
 from tests.eventing.helpers import TopicReader, Topics, WorkerProcess
 from tests.keyed import KEY
 

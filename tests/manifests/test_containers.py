@@ -21,7 +21,7 @@ import pytest
 
 from manifests.config import DeployConfig
 from manifests.render import overlay_documents
-from predictors.launch import PredictorProcess, free_port, http_status
+from serving.launch import PredictorProcess, free_port, http_status
 from tests.manifests.helpers import EXAMPLES, configmap_data, example, expand, find, flag, replace_flag, resolve_env
 
 Doc = dict[str, Any]

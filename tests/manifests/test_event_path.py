@@ -11,7 +11,7 @@ from eventing.config import WorkerConfig
 from events.event import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE
 from manifests.config import DeployConfig
 from manifests.render import overlay_documents
-from predictors.retry import RetryPolicy
+from serving.retry import RetryPolicy
 from tests.manifests.helpers import EXAMPLES, configmap_data, example, find, of_kind, resolve_env
 
 Doc = dict[str, Any]

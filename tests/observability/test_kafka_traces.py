@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaProducer
 
 from events.event import Event
-from predictors.launch import PredictorProcess, free_port
+from serving.launch import PredictorProcess, free_port
 from tests.eventing.helpers import TopicReader, Topics, WorkerProcess
 from tests.otlp_receiver import OtlpReceiver, Span, tree
 

@@ -19,7 +19,7 @@ import pytest
 from kserve import InferenceGRPCClient
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from predictors.launch import PredictorProcess, free_port
+from serving.launch import PredictorProcess, free_port
 from tests.otlp_receiver import OtlpReceiver, Span, tree
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.conftest import start_predictor
 from tests.predictors.metrics import scrape, value
 

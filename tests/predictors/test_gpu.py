@@ -10,7 +10,7 @@ import pytest
 
 from predictors.device import resolve_placement
 from predictors.engines.embed import EmbedEngine
-from predictors.packaged import resolve_packaged
+from serving.packaged import resolve_packaged
 from tests.conftest import start_predictor
 from tests.predictors.metrics import batch_histogram
 

@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from observability.telemetry import setup_telemetry
 from predictors.batcher import BatcherConfig
-from predictors.errors import InvalidInput, NotReady, Overloaded, Unavailable
 from predictors.loading import LoadReport
 from predictors.metrics import PredictorMetrics
 from predictors.model import BatchedModel, InferenceFailed
+from serving.errors import InvalidInput, NotReady, Overloaded, Unavailable
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"

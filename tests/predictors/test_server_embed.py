@@ -13,7 +13,7 @@ import pytest
 from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.predictors.metrics import batch_histogram
 
 pytestmark = pytest.mark.slow

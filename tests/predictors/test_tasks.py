@@ -11,9 +11,9 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 
 from predictors.config import LimitsConfig
 from predictors.device import resolve_placement
-from predictors.errors import InvalidInput
 from predictors.tasks.embed import EmbedTask
 from predictors.tasks.generate import GenerateTask
+from serving.errors import InvalidInput
 from tests.tiny_models import tiny_causal_lm, tiny_sentence_transformer
 
 LIMITS = LimitsConfig(max_instances=4, max_input_tokens=40, max_new_tokens=30, default_max_new_tokens=8)

@@ -21,12 +21,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from events.event import REQUEST_TYPE, RESULT_TYPE
-from predictors.access import OPEN_ROUTES, OPEN_RPCS
-from predictors.auth import ApiKeys
 from predictors.batcher import BatcherConfig
-from predictors.client import PredictorClient, Unauthorized, make_client
-from predictors.launch import PredictorProcess
-from predictors.retry import RetryPolicy, call_with_retries
+from serving.access import OPEN_ROUTES, OPEN_RPCS
+from serving.auth import ApiKeys
+from serving.client import PredictorClient, Unauthorized, make_client
+from serving.launch import PredictorProcess
+from serving.retry import RetryPolicy, call_with_retries
 from tests.keyed import KEY, KEYS, WRONG, bearer
 
 TEXTS = ["The broker stores events.", "A predictor answers requests."]
@@ -42,14 +42,15 @@ def keyed_app() -> Any:
     """KServe's app as ``KzeroServer.start`` sets it up (our routes, KServe's, middleware), not served."""
     from opentelemetry import trace
 
-    from predictors.kserve_import import import_kserve
+    from serving.kserve_import import import_kserve
 
     import_kserve()
     from kserve.model_server import app
 
     from predictors.metrics import PredictorMetrics
     from predictors.model import BatchedModel
-    from predictors.server import KzeroServer, predictor_routers
+    from predictors.routes import predictor_routers
+    from serving.server import KzeroServer
 
     def never() -> Any:
         raise AssertionError("the route inventory must not load a model")

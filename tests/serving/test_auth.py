@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from predictors.__main__ import main as predictors_main
-from predictors.auth import ApiKeys, AuthConfig, AuthConfigError, bearer_token
 from predictors.config import PredictorConfig
+from serving.auth import ApiKeys, AuthConfig, AuthConfigError, bearer_token
 
 
 def test_keys_come_from_the_variable_or_the_file_never_both(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ class FakeClock:
 def test_a_key_file_is_reloaded_and_a_broken_one_keeps_the_last_good_keys(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="predictors.auth")
+    caplog.set_level(logging.INFO, logger="serving.auth")
     path = tmp_path / "keys"
     path.write_text("# rotated by Kubernetes\nold-key\n\n")
     clock = FakeClock()

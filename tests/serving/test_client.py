@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from predictors.client import PermanentCallError, TransientCallError, make_client
-from predictors.launch import PredictorProcess, free_port
-from predictors.retry import RetryPolicy, call_with_retries
+from serving.client import PermanentCallError, TransientCallError, make_client
+from serving.launch import PredictorProcess, free_port
+from serving.retry import RetryPolicy, call_with_retries
 
 
 @pytest.mark.slow

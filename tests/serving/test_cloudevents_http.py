@@ -14,9 +14,9 @@ import pytest
 from events.errors import INVALID_EVENT, REJECTED
 from events.event import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE, Event
 from events.http_binding import BATCH_CONTENT_TYPE, events_from_http
-from predictors.cloudevents_http import answer
-from predictors.errors import InvalidInput
-from predictors.launch import PredictorProcess
+from serving.cloudevents_http import answer
+from serving.errors import InvalidInput
+from serving.launch import PredictorProcess
 from tests.predictors.metrics import batch_histogram
 
 PATH = "/v1/models/minilm:predict"

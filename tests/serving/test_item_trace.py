@@ -10,9 +10,9 @@ from kserve.protocol.infer_type import InferRequest
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from predictors import item_trace
-from predictors.errors import InvalidInput
 from predictors.model import InferenceFailed
+from serving import item_trace
+from serving.errors import InvalidInput
 from tests.predictors.test_model import make_model
 
 A = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

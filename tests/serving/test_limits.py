@@ -26,9 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from events.event import REQUEST_TYPE
-from predictors.http_protocol import guarded_http_protocol
-from predictors.launch import PredictorProcess, free_port
-from predictors.limits import RequestGuard, RequestLimits
+from serving.http_protocol import guarded_http_protocol
+from serving.launch import PredictorProcess, free_port
+from serving.limits import RequestGuard, RequestLimits
 
 LIMIT = 1024
 HEADER_TIMEOUT_S = 1.0

@@ -18,9 +18,9 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
-from predictors.errors import ModelNotFound, ModelUnloaded, NotReady
-from predictors.launch import PredictorProcess
-from predictors.repository import ReloadFailed, RepositoryDisabled, SingleModelRepository
+from serving.errors import ModelNotFound, ModelUnloaded, NotReady
+from serving.launch import PredictorProcess
+from serving.repository import ReloadFailed, RepositoryDisabled, SingleModelRepository
 from tests.tiny_models import tiny_sentence_transformer
 
 KEY = "kz-repository-key-0001"

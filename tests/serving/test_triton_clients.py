@@ -1,7 +1,7 @@
 """Triton's own clients (tritonclient http and grpc) against the embed and generate predictors and
 the RAG transformer: JSON and binary tensors on REST, raw tensors on gRPC, metadata, errors.
 
-``tritonclient.grpc`` runs in a child process (tests/predictors/triton_grpc_child.py): its protos
+``tritonclient.grpc`` runs in a child process (tests/serving/triton_grpc_child.py): its protos
 and KServe's cannot be loaded in one process.
 """
 
@@ -19,7 +19,7 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def http_text(name: str, texts: list[str], binary: bool) -> triton_http.InferInp
 def triton_grpc(server: PredictorProcess, *calls: dict[str, Any]) -> list[dict[str, Any]]:
     """Results of ``calls`` made with tritonclient.grpc (see triton_grpc_child.py for their shape)."""
     child = subprocess.run(
-        [sys.executable, "-m", "tests.predictors.triton_grpc_child"], cwd=Path(__file__).parents[2],
+        [sys.executable, "-m", "tests.serving.triton_grpc_child"], cwd=Path(__file__).parents[2],
         input=json.dumps({"target": server.grpc_target, "calls": list(calls)}), capture_output=True, text=True,
         timeout=600, check=False,
     )

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
-from predictors.errors import InvalidInput
-from predictors.v2_wire import decode_body, model_parameters, tensor, v2_response
+from serving.errors import InvalidInput
+from serving.v2_wire import decode_body, model_parameters, tensor, v2_response
 
 TEXT = {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}
 

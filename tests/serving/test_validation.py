@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from predictors.errors import InvalidInput
 from predictors.openai_api import ChatBody
-from predictors.validation import documented_body, parse_json, read_json, utf8_size
+from serving.errors import InvalidInput
+from serving.validation import documented_body, parse_json, read_json, utf8_size
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.transformers_pre.corpus import DOCS
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.store import Chunk, VectorStore

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictors.launch import PredictorProcess
+from serving.launch import PredictorProcess
 from tests.transformers_pre.corpus import DOCS
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.errors import PredictorUnavailable

@@ -16,7 +16,7 @@ from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from events.http_binding import events_from_http
-from predictors.launch import PredictorProcess, free_port
+from serving.launch import PredictorProcess, free_port
 from tests.transformers_pre.conftest import seed, transformer_process
 from tests.transformers_pre.corpus import DOCS, QUESTIONS
 from transformers_pre.store import Chunk, VectorStore

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from predictors.errors import InvalidInput, Unavailable
-from predictors.kserve_import import import_kserve
+from serving.errors import InvalidInput, Unavailable
+from serving.kserve_import import import_kserve
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.ingest.chunking import Chunker
 from transformers_pre.ingest.pipeline import DEFAULT_EMBEDDER, IngestConfig, IngestSummary, delete, ingest

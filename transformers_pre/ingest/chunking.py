@@ -155,7 +155,7 @@ class _Tokens:
 
 
 def _packaged_dir(model_id: str) -> Path:
-    from predictors.packaged import resolve_packaged
+    from serving.packaged import resolve_packaged
 
     directory, _ = resolve_packaged(model_id).location()
     return directory

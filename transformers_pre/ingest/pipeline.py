@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from predictors.packaged import PACKAGED_MODELS
+from serving.packaged import PACKAGED_MODELS
 from transformers_pre.embedder import Embedder
 from transformers_pre.ingest.chunking import DEFAULT_OVERLAP_TOKENS, Chunker
 from transformers_pre.ingest.readers import Document

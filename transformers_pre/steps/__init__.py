@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from opentelemetry import trace
 
-from predictors.client import PredictorClient
-from predictors.metrics import PredictorMetrics
+from serving.client import PredictorClient
+from serving.metrics import ServerMetrics
 from transformers_pre.config import TransformerConfig
 from transformers_pre.context import RagContext
 from transformers_pre.embedder import Embedder
@@ -35,7 +35,7 @@ class ChainDeps:
     scope: ScopeRules
     predictor: PredictorClient
     tracer: trace.Tracer
-    metrics: PredictorMetrics
+    metrics: ServerMetrics
 
 
 StepFactory = Callable[..., Step]

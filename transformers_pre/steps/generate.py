@@ -9,8 +9,8 @@ from typing import Any
 from opentelemetry import trace
 
 from observability import semconv
-from predictors.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
-from predictors.retry import RetryPolicy, call_with_retries
+from serving.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
+from serving.retry import RetryPolicy, call_with_retries
 from transformers_pre.context import RagContext
 from transformers_pre.errors import BadRequest, PredictorUnavailable
 

@@ -1,0 +1,18 @@
+"""The predictor server's routes besides KServe's: OpenAI and CloudEvents on the v1 predict route."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+from predictors.model import BatchedModel
+from predictors.openai_api import openai_router
+from serving.cloudevents_http import cloudevents_router, kserve_v1
+from serving.limits import RequestLimits
+from serving.server import RoutersFor
+
+
+def predictor_routers(
+    model: BatchedModel, tracer: trace.Tracer | None = None, limits: RequestLimits | None = None
+) -> RoutersFor:
+    return lambda dataplane: [openai_router(model),
+                              cloudevents_router(model, kserve_v1(dataplane), tracer, limits)]
