@@ -17,6 +17,7 @@ go as JSON lists on v1 and as JSON text in string parameters on v2 and gRPC.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
@@ -100,9 +101,13 @@ def client_span(
         try:
             yield span, {**forwarded(headers), **inject()}
         except BaseException as err:
-            span.set_attribute(semconv.ERROR_TYPE, error_type(err))
-            span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+            mark_failed(span, err)
             raise
+
+
+def mark_failed(span: trace.Span, err: BaseException) -> None:
+    span.set_attribute(semconv.ERROR_TYPE, error_type(err))
+    span.set_status(Status(StatusCode.ERROR, type(err).__name__))
 
 
 def error_type(err: BaseException) -> str:
@@ -112,6 +117,14 @@ def error_type(err: BaseException) -> str:
         return str(status)
     cause = err.__cause__ or err
     return f"{type(cause).__module__}.{type(cause).__qualname__}"
+
+
+def record_usage(span: trace.Span, usage: Mapping[str, Any]) -> None:
+    """Token counts a predictor reported, as ``gen_ai.usage.*`` (counts only, never text)."""
+    if isinstance(prompt := usage.get("prompt_tokens"), int):
+        span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, prompt)
+    if isinstance(completion := usage.get("completion_tokens"), int):
+        span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, completion)
 
 
 def http_attributes(url: str) -> dict[str, Any]:
@@ -128,12 +141,33 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(text: str) -> str:
     try:
-        error = response.json().get("error", response.text)
-    except ValueError:
-        return response.text[:500]
+        error = json.loads(text).get("error", text)
+    except (ValueError, AttributeError):
+        return text[:500]
     return error.get("message", str(error)) if isinstance(error, dict) else str(error)
+
+
+def transport_failure(err: httpx.TransportError) -> TransientCallError:
+    """A call that got no answer: retry it."""
+    if isinstance(err, httpx.TimeoutException):
+        return TransientCallError(f"predictor timed out: {err!r}", status="timeout")
+    return TransientCallError(f"predictor unreachable: {err!r}", status="unreachable")
+
+
+def raise_for_status(
+    status: int, headers: Mapping[str, str], text: str, where: str, api_key: SecretStr | None
+) -> None:
+    """Nothing for a 200; else the failure an HTTP answer means, transient or permanent."""
+    if status == 200:
+        return
+    if status == 401:
+        raise Unauthorized(refused_message(where, status, api_key), status=status)
+    message = f"predictor answered {status}: {_error_text(text)}"
+    if status in (408, 429) or status >= 500:
+        raise TransientCallError(message, status=status, retry_after_s=_retry_after(headers.get("retry-after")))
+    raise PermanentCallError(message, status=status)
 
 
 class _HttpClient:
@@ -153,21 +187,11 @@ class _HttpClient:
         ):
             try:
                 response = await self._http.post(path, json=body, headers=outgoing)
-            except httpx.TimeoutException as err:
-                raise TransientCallError(f"predictor timed out: {err!r}", status="timeout") from err
             except httpx.TransportError as err:
-                raise TransientCallError(f"predictor unreachable: {err!r}", status="unreachable") from err
-            status = response.status_code
-            span.set_attribute(semconv.HTTP_STATUS, status)
-            if status == 200:
-                return response.json()
-            if status == 401:
-                raise Unauthorized(refused_message(self._base_url, status, self._api_key), status=status)
-            message = f"predictor answered {status}: {_error_text(response)}"
-            if status in (408, 429) or status >= 500:
-                retry_after = _retry_after(response.headers.get("retry-after"))
-                raise TransientCallError(message, status=status, retry_after_s=retry_after)
-            raise PermanentCallError(message, status=status)
+                raise transport_failure(err) from err
+            span.set_attribute(semconv.HTTP_STATUS, response.status_code)
+            raise_for_status(response.status_code, response.headers, response.text, self._base_url, self._api_key)
+            return response.json()
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -217,13 +241,10 @@ class GrpcV2Client:
     def __init__(
         self, target: str, timeout_s: float, tracer: trace.Tracer | None = None, api_key: SecretStr | None = None
     ) -> None:
-        import grpc
-        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-
         self._target = target
         self._api_key = api_key
-        self._channel = grpc.aio.insecure_channel(target)
-        self._stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._channel: Any = None
+        self._stub: Any = None
         self._timeout_s = timeout_s
         self._tracer = tracer or trace.get_tracer(__name__)
         host, _, port = target.rpartition(":")
@@ -233,6 +254,17 @@ class GrpcV2Client:
         }
         if port.isdigit():
             self._attributes[semconv.SERVER_PORT] = int(port)
+
+    def _connected(self) -> Any:
+        """The stub, on a channel made at first use: a grpc.aio channel belongs to the event loop it is
+        made on, and a client is often made before the loop that uses it runs (the worker's, in a thread)."""
+        if self._stub is None:
+            import grpc
+            from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+
+            self._channel = grpc.aio.insecure_channel(self._target)
+            self._stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        return self._stub
 
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         import grpc
@@ -247,7 +279,7 @@ class GrpcV2Client:
         with client_span(self._tracer, f"{GRPC_SERVICE}/ModelInfer", self._attributes, headers) as (span, outgoing):
             try:
                 metadata = (*outgoing.items(), *bearer_headers(self._api_key).items())
-                response = await self._stub.ModelInfer(request, timeout=self._timeout_s, metadata=metadata)
+                response = await self._connected().ModelInfer(request, timeout=self._timeout_s, metadata=metadata)
             except grpc.aio.AioRpcError as err:
                 span.set_attribute(semconv.RPC_GRPC_STATUS, err.code().value[0])
                 code = err.code().name
@@ -266,7 +298,8 @@ class GrpcV2Client:
         return {"predictions": v2_outputs_to_predictions([(o.name, o.as_numpy()) for o in decoded.outputs])}
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 def _grpc_parameter(name: str, value: Any) -> Any:

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = RagModel(config, lambda: build_deps(config, tracer, metrics), tracer)
 
     def routers(dataplane: DataPlane) -> list[APIRouter]:
-        return [rag_openai_router(model, tracer),
+        return [rag_openai_router(model),
                 cloudevents_router(model, kserve_v1(dataplane), tracer, config.request_limits)]
 
     server = KzeroServer(model, metrics, routers, http_port=config.http_port, grpc_port=config.grpc_port,

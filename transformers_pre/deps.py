@@ -1,4 +1,4 @@
-"""Build the chain's dependencies from the settings: embedder, vector store, predictor client."""
+"""Build the chain's dependencies from the settings: embedder, vector store, predictor clients."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from opentelemetry import trace
 
 from serving.client import make_client
 from serving.metrics import ServerMetrics
+from serving.openai_client import OpenAIClient
 from transformers_pre.config import TransformerConfig
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.filters import FilterCompiler, ScopeRules
@@ -26,5 +27,6 @@ async def build_deps(config: TransformerConfig, tracer: trace.Tracer, metrics: S
     predictor = make_client(config.predictor_protocol, target, config.request_timeout_s, tracer,
                             config.predictor_api_key)
     scope = ScopeRules(config.served_collections, FilterCompiler(config.filter_fields, config.allow_raw_filter))
+    chat = OpenAIClient(config.predictor_url, config.request_timeout_s, tracer, config.predictor_api_key)
     return ChainDeps(config=config, embedder=embedder, store=store, scope=scope, predictor=predictor, tracer=tracer,
-                     metrics=metrics)
+                     metrics=metrics, chat=chat)

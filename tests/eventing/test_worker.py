@@ -80,6 +80,29 @@ def test_in_process_predictor_for_the_embedded_demo(kafka_bootstrap: str, topics
         worker.stop()
 
 
+def test_grpc_v2_to_a_real_predictor(
+    kafka_bootstrap: str, topics: Topics, embed_server: PredictorProcess, tmp_path: Path
+) -> None:
+    # The gRPC channel must live on the worker's own event loop, not the one of the thread that built it.
+    worker = WorkerProcess(kafka_bootstrap, topics, embed_server.grpc_target, tmp_path / "worker.log",
+                           ["--protocol", "grpc-v2"]).start()
+    try:
+        events = [*job("grpc", 30), request_event([""], source="/tests", jobid="grpc", id="grpc-empty")]
+        send_events(kafka_bootstrap, topics.requests, events, "binary", progress=False)
+        results, dlq = TopicReader(kafka_bootstrap, topics.results), TopicReader(kafka_bootstrap, topics.dlq)
+        results.wait_for(lambda r: len(r.request_ids()) >= 30, timeout_s=180)
+        dlq.wait_for(lambda r: len(r.events) >= 1, timeout_s=60)
+        assert set(results.request_ids()) == {e.id for e in events[:30]}
+        assert all(len(e.data["predictions"][0]) == 384 for e in results.events)
+        [rejected] = dlq.events
+        assert rejected.get("requestid") == "grpc-empty" and rejected.get("errorcode") == "rejected"
+        results.close()
+        dlq.close()
+        assert worker.terminate() == 0
+    finally:
+        worker.stop()
+
+
 def test_poison_events_are_dead_lettered_with_reasons(kafka_bootstrap: str, topics: Topics, workers) -> None:
     good = job("poison", 20)
     wrong_type = new_event("com.example.other", "/tests", {"instances": ["x"]}, id="wrong-type", jobid="poison")

@@ -14,6 +14,7 @@ from opentelemetry import trace
 
 from serving.client import PredictorClient
 from serving.metrics import ServerMetrics
+from serving.openai_client import OpenAIClient
 from transformers_pre.config import TransformerConfig
 from transformers_pre.context import RagContext
 from transformers_pre.embedder import Embedder
@@ -35,6 +36,7 @@ class ChainDeps:
     scope: ScopeRules
     predictor: PredictorClient
     tracer: trace.Tracer
+    chat: OpenAIClient  # the OpenAI chat relay's client (transformers_pre.openai_api), not a step's
     metrics: ServerMetrics
 
 

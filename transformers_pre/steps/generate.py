@@ -9,7 +9,14 @@ from typing import Any
 from opentelemetry import trace
 
 from observability import semconv
-from serving.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
+from serving.client import (
+    CallFailed,
+    PermanentCallError,
+    PredictorClient,
+    TransientCallError,
+    Unauthorized,
+    record_usage,
+)
 from serving.retry import RetryPolicy, call_with_retries
 from transformers_pre.context import RagContext
 from transformers_pre.errors import BadRequest, PredictorUnavailable
@@ -67,11 +74,3 @@ class Generate:
         ctx.finish_reason = prediction.get("finish_reason")
         ctx.usage.update(prediction.get("usage") or {})
         record_usage(span, ctx.usage)
-
-
-def record_usage(span: trace.Span, usage: dict[str, int]) -> None:
-    """Token counts the predictor reported, as ``gen_ai.usage.*`` (counts only, never text)."""
-    if "prompt_tokens" in usage:
-        span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, int(usage["prompt_tokens"]))
-    if "completion_tokens" in usage:
-        span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, int(usage["completion_tokens"]))
