@@ -3,8 +3,11 @@ engine cannot start here, failed instead when ``KZERO_IMAGE_TESTS=required`` (``
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -22,15 +25,40 @@ def _engine_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@contextmanager
+def _engine_session() -> Iterator[None]:
+    """Test sessions share the engine; the last one out stops it if a test session started it.
+
+    Each session holds a shared lock for its lifetime; one that then gets the lock exclusively is the
+    last. An engine started by hand (``scripts/docker.sh start``) or given by DOCKER_HOST is left running.
+    """
+    home = Path(os.environ.get("KZERO_DOCKER_HOME", Path.home() / ".cache" / "kzero" / "docker"))
+    home.mkdir(parents=True, exist_ok=True)
+    marker = home / "started-by-tests"
+    with (home / "test-sessions.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if "DOCKER_HOST" not in os.environ and script(DOCKER_SCRIPT, "status", timeout=30).returncode != 0:
+            marker.touch()
+        try:
+            yield
+        finally:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another session still uses the engine
+            if marker.exists():
+                script(DOCKER_SCRIPT, "stop", timeout=120)
+                marker.unlink()
+
+
 @pytest.fixture(scope="session")
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    already_running = script(DOCKER_SCRIPT, "status", timeout=30).returncode == 0
-    started = script(DOCKER_SCRIPT, "start", timeout=900)
-    if started.returncode != 0:
-        lines = started.stderr.strip().splitlines()
-        _engine_unavailable(f"no Docker engine: {lines[-1] if lines else 'scripts/docker.sh start failed'}")
-    host = started.stdout.strip().splitlines()[-1]
-    try:
+    with _engine_session():
+        started = script(DOCKER_SCRIPT, "start", timeout=900)
+        if started.returncode != 0:
+            lines = started.stderr.strip().splitlines()
+            _engine_unavailable(f"no Docker engine: {lines[-1] if lines else 'scripts/docker.sh start failed'}")
+        host = started.stdout.strip().splitlines()[-1]
         built = script(IMAGE_SCRIPT, "build", timeout=BUILD_TIMEOUT_S, env={"DOCKER_HOST": host})
         if built.returncode != 0:
             tail = "\n".join(built.stderr.splitlines()[-60:])
@@ -42,9 +70,6 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
             yield engine
         finally:
             engine.cleanup()
-    finally:
-        if not already_running and "DOCKER_HOST" not in os.environ:
-            script(DOCKER_SCRIPT, "stop", timeout=120)
 
 
 @pytest.hookimpl(wrapper=True)

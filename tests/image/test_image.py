@@ -20,6 +20,7 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.http as triton_http
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from tests.image.conftest import BUILD_TIMEOUT_S
 from tests.image.containers import REPO_ROOT, Container, Engine, free_port
@@ -150,6 +151,13 @@ def test_kafka_worker_answers_a_job_from_a_local_broker(
     engine: Engine, embed: Container, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     topics = {name: f"image-{name}-{uuid.uuid4().hex[:6]}" for name in ("requests", "results", "dlq")}
+    # Made beforehand, as a cluster's KafkaTopic resources make them: a worker that creates its input
+    # topic itself can join the group before the topic's partitions are known, and stay assigned none.
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in topics.values()])
+    finally:
+        admin.close()
     metrics_port = free_port()
     worker = Container(engine, "eventing", ["worker", "--bootstrap-servers", kafka_bootstrap,
                                             "--predictor-url", embed.url, "--model", "minilm",
