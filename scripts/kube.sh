@@ -6,8 +6,8 @@
 #   scripts/kube.sh build    build what is missing, then print NAME=PATH lines on stdout:
 #                            etcd, kube-apiserver, kube-controller-manager, kwok, and Knative
 #                            Serving's controller, webhook and autoscaler, plus
-#                            knative-{serving,networking,caching}-module (their sources in the Go
-#                            module cache: Knative's ConfigMaps and CRDs).
+#                            knative-{serving,networking,caching}-module and kwok-module (their
+#                            sources in the Go module cache: Knative's ConfigMaps and CRDs, kwok's stages).
 #   scripts/kube.sh paths    the same lines without building; exit 1 if anything is missing.
 #
 # What is built (each in a small wrapper Go module under the cache dir, so the Go toolchain and
@@ -194,6 +194,11 @@ print_paths() {
         [[ -n "$dir" && -d "$dir/config" ]] || { log "missing: knative-$module-module"; missing=1; }
         echo "knative-$module-module=$dir"
     done
+    # kwok's stages (node and pod lifecycles) ship in its module, not in the binary.
+    dir=""
+    [[ -f "$KWOK_DIR/go.sum" ]] && dir="$(cd "$KWOK_DIR" && "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kwok 2>/dev/null || true)"
+    [[ -n "$dir" && -d "$dir/kustomize/stage" ]] || { log "missing: kwok-module"; missing=1; }
+    echo "kwok-module=$dir"
     return "$missing"
 }
 

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from kubernetes.dynamic import DynamicClient
 
+from manifests.config import load_config
 from tests.cluster import crds
+from tests.cluster.cli import Cli
+from tests.cluster.controller import Controller
+from tests.cluster.knative import KnativeServing
 from tests.cluster.local import ADMIN, ControlPlane, kube_binaries
+from tests.manifests.helpers import EXAMPLES
+from tests.manifests.test_knative_rules import documented_flags
 
 HERE = Path(__file__).resolve().parent
 BUILD_TIMEOUT_S = 5400  # a cold build of every binary on 2 cores, with room (docs/deploy.md has the times)
@@ -61,3 +68,36 @@ def admin_client(plane: ControlPlane) -> client.ApiClient:
 @pytest.fixture(scope="session")
 def kube_api(control_plane: ControlPlane) -> client.ApiClient:
     return admin_client(control_plane)
+
+
+def image_registries() -> set[str]:
+    """The registries of every image the examples render (Knative must not resolve their tags)."""
+    images = {img for p in EXAMPLES for c in [load_config(p)]
+              for img in (c.image, c.profiles.cpu.image, c.profiles.gpu.image) if img}
+    return {i.split("/")[0] if "/" in i and ("." in i.split("/")[0] or ":" in i.split("/")[0]) else "index.docker.io"
+            for i in images}
+
+
+@pytest.fixture(scope="session")
+def knative(control_plane: ControlPlane, kube_binaries_paths: dict[str, str], kube_api: client.ApiClient
+            ) -> Iterator[KnativeServing]:
+    """Knative Serving's controller, webhook and autoscaler (with the feature flags of docs/deploy.md),
+    kube-controller-manager and kwok, on the session's control plane."""
+    serving = KnativeServing(control_plane, kube_binaries_paths, kube_api, features=documented_flags(),
+                             registries=image_registries()).start()
+    try:
+        yield serving
+    finally:
+        serving.close()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], control_plane: ControlPlane) -> Cli:
+    """``python -m manifests`` as the admin of the session's cluster."""
+    return Cli(capsys, control_plane.kubeconfig())
+
+
+@pytest.fixture
+def controller(kube_api: client.ApiClient) -> Controller:
+    """Writes status where a controller would (none runs on the plain control plane)."""
+    return Controller(DynamicClient(kube_api))

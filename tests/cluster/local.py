@@ -200,6 +200,10 @@ class ControlPlane:
             self.kubeconfig(user, inside=inside).write_text(yaml.safe_dump(config))
 
     def stop(self) -> None:
+        # All at once: each would otherwise wait for the API server the others are shutting down.
+        for process in self.processes:
+            if process.proc.poll() is None:
+                process.proc.terminate()
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()

@@ -19,48 +19,15 @@ import yaml
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
-from manifests.__main__ import main
 from manifests.cluster import Cluster, Ref
 from tests.cluster import crds
+from tests.cluster.cli import Cli, deploy_config
 from tests.cluster.controller import Controller, condition, ready
 from tests.cluster.local import LIMITED, ControlPlane
-from tests.manifests.helpers import MANIFESTS, REPO_ROOT
+from tests.manifests.helpers import REPO_ROOT
 
 Doc = dict[str, Any]
 ISVC = "serving.kserve.io/v1beta1"
-
-
-def _merge(base: Doc, changes: Doc) -> Doc:
-    return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in changes.items()}}
-
-
-def deploy_config(tmp_path: Path, example: str, name: str, **changes: Any) -> Path:
-    raw = yaml.safe_load((MANIFESTS / "examples" / f"{example}.yaml").read_text())
-    raw = _merge(raw, {"name": name, "namespace": name, "kafka": {"namespace": f"{name}-kafka"}, **changes})
-    path = tmp_path / f"{name}-{len(list(tmp_path.glob('*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-class Cli:
-    def __init__(self, capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
-        self.capsys, self.kubeconfig = capsys, kubeconfig
-
-    def __call__(self, command: str, config: Path, *args: str, kubeconfig: Path | None = None) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        rc = main([command, "--config", str(config), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args])
-        out, err = self.capsys.readouterr()
-        return rc, out, err
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], control_plane: ControlPlane) -> Cli:
-    return Cli(capsys, control_plane.kubeconfig())
-
-
-@pytest.fixture
-def controller(kube_api: client.ApiClient) -> Controller:
-    return Controller(DynamicClient(kube_api))
 
 
 def _outcomes(out: str) -> dict[str, str]:

@@ -146,10 +146,15 @@ def check(ksvc: Doc, flags: dict[str, str]) -> list[str]:
 
 
 def with_knative_defaults(pod: Doc) -> Doc:
-    """What Knative's defaulting webhook does to the probes before validation (revision_defaults.go)."""
+    """What Knative's defaulting webhook does before validation (revision_defaults.go): probe defaults,
+    and every mount of a volume that is not writable (emptyDir, PVC, ephemeral) made read-only."""
     pod = copy.deepcopy(pod)
     containers = pod.get("containers", [])
+    writable = {v.get("name") for v in pod.get("volumes", []) if WRITABLE_SOURCES & set(v)}
     for container in containers:
+        for mount in container.get("volumeMounts", []):
+            if mount.get("name") not in writable:
+                mount["readOnly"] = True
         if len(containers) == 1 or container.get("ports"):
             probe = container.setdefault("readinessProbe", {})
             if not set(HANDLER_ALLOWED) & set(probe):
