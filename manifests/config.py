@@ -13,8 +13,13 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from predictors.config import LimitsConfig
+from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, WorkerConfig
+from predictors.batcher import BatcherConfig
+from predictors.config import LimitsConfig, PredictorConfig
+from serving.defaults import default_of
 from serving.packaged import PACKAGED_MODELS
+from serving.retry import RetryPolicy
+from transformers_pre.config import TransformerConfig
 
 # RFC 1123 label, kept short so derived names ("<name>-transformer-...") stay under 63 characters.
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=40)]
@@ -124,10 +129,10 @@ class Predictor(_Model):
     storage_uri: str | None = Field(default=None, pattern=r"^(pvc|oci)://.+",
                                     description="pvc://claim/path or oci://registry/image: mounted at /mnt/models")
     gguf_file: str | None = None
-    max_batch_size: int = Field(default=32, ge=1)
-    max_batch_latency_ms: float = Field(default=5.0, ge=0)
-    max_queue: int = Field(default=1024, ge=1)
-    load_wait_s: float = Field(default=30.0, ge=0)
+    max_batch_size: int = Field(default=default_of(BatcherConfig, "max_batch_size"), ge=1)
+    max_batch_latency_ms: float = Field(default=default_of(BatcherConfig, "max_batch_latency_ms"), ge=0)
+    max_queue: int = Field(default=default_of(BatcherConfig, "max_queue"), ge=1)
+    load_wait_s: float = Field(default=default_of(PredictorConfig, "load_wait_s"), ge=0)
     max_new_tokens: int | None = Field(default=None, ge=1)
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=4, ge=1)
@@ -178,13 +183,15 @@ class Predictor(_Model):
 
 
 class Transformer(_Model):
-    model_name: Name = "rag"
+    model_name: Name = default_of(TransformerConfig, "model_name")
     predictor_protocol: Literal["v1", "v2"] = Field(
         default="v1", description="grpc-v2 cannot pass Knative's single http1 port of the predictor")
-    embedder: str = Field(default="all-minilm-l6-v2", description="a predictor URL, or a packaged embed model id")
-    collection: str = Field(default="kzero", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    top_k: int = Field(default=4, ge=1)
-    max_new_tokens: int = Field(default=256, ge=1, description="per answer; at most the predictor's limit")
+    embedder: str = Field(default=default_of(TransformerConfig, "embedder"),
+                          description="a predictor URL, or a packaged embed model id")
+    collection: str = Field(default=default_of(TransformerConfig, "collection"), pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    top_k: int = Field(default=default_of(TransformerConfig, "top_k"), ge=1)
+    max_new_tokens: int = Field(default=default_of(TransformerConfig, "max_new_tokens"), ge=1,
+                                description="per answer; at most the predictor's limit")
     resources: Resources = Resources(cpu="1", memory="2Gi")
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=4, ge=1)
@@ -238,25 +245,25 @@ class Kafka(_Model):
     partitions: int = Field(default=6, ge=1)
     replicas: int = Field(default=1, ge=1)
     ports: list[int] = [9092, 9093]
-    requests: Topic = Topic(name="kzero.requests", retention_ms=7 * 24 * 3600 * 1000)
-    results: Topic = Topic(name="kzero.results", retention_ms=7 * 24 * 3600 * 1000)
-    dlq: Topic = Topic(name="kzero.dlq", retention_ms=30 * 24 * 3600 * 1000)
+    requests: Topic = Topic(name=DEFAULT_REQUESTS, retention_ms=7 * 24 * 3600 * 1000)
+    results: Topic = Topic(name=DEFAULT_RESULTS, retention_ms=7 * 24 * 3600 * 1000)
+    dlq: Topic = Topic(name=DEFAULT_DLQ, retention_ms=30 * 24 * 3600 * 1000)
     auth: KafkaAuth = KafkaAuth()
 
 
 class Worker(_Model):
-    group: Name = "kzero-worker"
+    group: Name = default_of(WorkerConfig, "group")
     protocol: Literal["v1", "v2"] = "v1"
     max_batch: int | None = Field(default=None, ge=1, description="default: the predictor's max_batch_size")
-    max_wait_ms: int = Field(default=20, ge=0)
-    max_in_flight: int = Field(default=512, ge=1)
-    max_attempts: int = Field(default=5, ge=1)
+    max_wait_ms: int = Field(default=default_of(WorkerConfig, "max_wait_ms"), ge=0)
+    max_in_flight: int = Field(default=default_of(WorkerConfig, "max_in_flight"), ge=1)
+    max_attempts: int = Field(default=default_of(RetryPolicy, "max_attempts"), ge=1)
     max_replicas: int | None = Field(default=None, ge=1, description="default and upper bound: partitions")
     lag_threshold: int = Field(default=256, ge=1, description="target consumer lag per worker replica")
     activation_lag_threshold: int = Field(default=0, ge=0)
     polling_interval_s: int = Field(default=15, ge=1)
     cooldown_period_s: int = Field(default=300, ge=0)
-    shutdown_grace_s: int = Field(default=30, ge=0)
+    shutdown_grace_s: int = Field(default=int(default_of(WorkerConfig, "shutdown_grace_s")), ge=0)
     resources: Resources = Resources(cpu="500m", memory="1Gi", cpu_limit="1")
 
 

@@ -9,38 +9,48 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from predictors.batcher import BatcherConfig
+    from predictors.config import Dtype, LimitsConfig, PredictorConfig, Task
     from serving.auth import add_api_keys_argument
+    from serving.defaults import default_of
     from serving.limits import add_limit_arguments
 
+    def default(field: str) -> Any:
+        return default_of(PredictorConfig, field)
+
     p = argparse.ArgumentParser(prog="python -m predictors", description=__doc__)
-    p.add_argument("--model_name", default="model", help="name on the endpoint paths")
-    p.add_argument("--http_port", type=int, default=8080)
-    p.add_argument("--grpc_port", type=int, default=8081)
-    p.add_argument("--enable_grpc", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
-    p.add_argument("--workers", type=int, default=1, help="must be 1: scale with replicas (kserve#3662)")
-    p.add_argument("--task", choices=["embed", "generate"], required=True)
+    p.add_argument("--model_name", default=default("model_name"), help="name on the endpoint paths")
+    p.add_argument("--http_port", type=int, default=default("http_port"))
+    p.add_argument("--grpc_port", type=int, default=default("grpc_port"))
+    p.add_argument("--enable_grpc", type=lambda v: v.lower() in ("1", "true", "yes"), default=default("enable_grpc"))
+    p.add_argument("--workers", type=int, default=default("workers"),
+                   help="must be 1: scale with replicas (kserve#3662)")
+    p.add_argument("--task", choices=get_args(Task), required=True)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model_dir", type=Path, help="a local model directory")
     source.add_argument("--model_id", help="a packaged model: all-minilm-l6-v2, smollm2-135m-instruct")
     p.add_argument("--gguf_file", help="GGUF file inside --model_dir (converted once to a safetensors cache)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=default("device"), help="auto | cpu | cuda[:N]")
+    p.add_argument("--dtype", default=default("dtype"), choices=get_args(Dtype))
     p.add_argument("--cache_dir", type=Path, help="model cache (default $KZERO_CACHE_DIR or ~/.cache/kzero)")
-    p.add_argument("--max_batch_size", type=int, default=32)
-    p.add_argument("--max_batch_latency_ms", type=float, default=5.0)
-    p.add_argument("--max_queue", type=int, default=1024, help="items waiting before requests get 503")
-    p.add_argument("--load_wait_s", type=float, default=30.0, help="how long a request waits for a loading model")
-    p.add_argument("--max_instances", type=int, default=256)
-    p.add_argument("--max_input_tokens", type=int, default=2048)
-    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--max_batch_size", type=int, default=default_of(BatcherConfig, "max_batch_size"))
+    p.add_argument("--max_batch_latency_ms", type=float, default=default_of(BatcherConfig, "max_batch_latency_ms"))
+    p.add_argument("--max_queue", type=int, default=default_of(BatcherConfig, "max_queue"),
+                   help="items waiting before requests get 503")
+    p.add_argument("--load_wait_s", type=float, default=default("load_wait_s"),
+                   help="how long a request waits for a loading model")
+    p.add_argument("--max_instances", type=int, default=default_of(LimitsConfig, "max_instances"))
+    p.add_argument("--max_input_tokens", type=int, default=default_of(LimitsConfig, "max_input_tokens"))
+    p.add_argument("--max_new_tokens", type=int, default=default_of(LimitsConfig, "max_new_tokens"))
     add_limit_arguments(p)
     add_api_keys_argument(p)
-    p.add_argument("--enable_model_repository", action="store_true",
+    p.add_argument("--enable_model_repository", action="store_true", default=default("enable_model_repository"),
                    help="serve the repository load/unload routes (behind the API keys)")
     return p
 

@@ -13,6 +13,7 @@ from serving.limits import RequestLimits
 from serving.packaged import PACKAGED_MODELS
 
 Task = Literal["embed", "generate"]
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
 class LimitsConfig(BaseModel):
@@ -29,13 +30,13 @@ class LimitsConfig(BaseModel):
 class PredictorConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model_name: str = Field(default="model", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: Task
     model_dir: Path | None = None
     model_id: str | None = None
     gguf_file: str | None = None
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Dtype = "auto"
     cache_dir: Path = Path.home() / ".cache" / "kzero"
     batcher: BatcherConfig = BatcherConfig()
     limits: LimitsConfig = LimitsConfig()

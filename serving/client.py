@@ -34,7 +34,7 @@ from observability.propagation import extract, inject
 from serving import item_trace
 from serving.errors import ServingError
 
-Protocol_ = Literal["v1", "v2", "grpc-v2"]
+WireProtocol = Literal["v1", "v2", "grpc-v2"]  # how a client calls a predictor
 FORWARDED_HEADERS = ("x-request-id",)
 GRPC_SERVICE = "inference.GRPCInferenceService"
 
@@ -315,7 +315,7 @@ def _grpc_parameter(name: str, value: Any) -> Any:
 
 
 def make_client(
-    protocol: Protocol_, target: str, timeout_s: float = 60.0, tracer: trace.Tracer | None = None,
+    protocol: WireProtocol, target: str, timeout_s: float = 60.0, tracer: trace.Tracer | None = None,
     api_key: SecretStr | None = None,
 ) -> PredictorClient:
     """``target`` is a base URL for v1/v2 (``http://host:8080``) and ``host:port`` for gRPC; ``api_key``

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
@@ -17,35 +17,44 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     from serving.auth import add_api_keys_argument
+    from serving.client import WireProtocol
+    from serving.defaults import default_of
     from serving.limits import add_limit_arguments
+    from transformers_pre.config import TransformerConfig
+    from transformers_pre.store import SearchMode
 
+    def default(field: str) -> Any:
+        return default_of(TransformerConfig, field)
+
+    # A flag whose default is None leaves the setting to TransformerConfig (it derives it from others).
     p = argparse.ArgumentParser(prog="python -m transformers_pre", description=__doc__)
-    p.add_argument("--model_name", default="rag")
-    p.add_argument("--http_port", type=int, default=8080)
-    p.add_argument("--grpc_port", type=int, default=8081)
-    p.add_argument("--enable_grpc", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--model_name", default=default("model_name"))
+    p.add_argument("--http_port", type=int, default=default("http_port"))
+    p.add_argument("--grpc_port", type=int, default=default("grpc_port"))
+    p.add_argument("--enable_grpc", type=lambda v: v.lower() in ("1", "true", "yes"), default=default("enable_grpc"))
     p.add_argument("--predictor_host", required=True, help="host:port of the generation predictor")
-    p.add_argument("--predictor_protocol", default="v1", choices=["v1", "v2", "grpc-v2"])
+    p.add_argument("--predictor_protocol", default=default("predictor_protocol"), choices=get_args(WireProtocol))
     p.add_argument("--predictor_model", default=None, help="model name on the predictor (default: --model_name)")
-    p.add_argument("--embedder", default="all-minilm-l6-v2",
+    p.add_argument("--embedder", default=default("embedder"),
                    help="a packaged model id (in-process) or http://host:port#model of an embedding predictor")
-    p.add_argument("--embedder_protocol", default="v1", choices=["v1", "v2", "grpc-v2"])
-    p.add_argument("--milvus_uri", default="./data/kzero.db", help="a Milvus Lite file or http://host:19530")
+    p.add_argument("--embedder_protocol", default=default("embedder_protocol"), choices=get_args(WireProtocol))
+    p.add_argument("--milvus_uri", default=default("milvus_uri"), help="a Milvus Lite file or http://host:19530")
     p.add_argument("--collection", default=None,
                    help="searched when a request names none (default: the first of --collections, else kzero)")
-    p.add_argument("--collections", default="", help="comma-separated collections requests may name "
+    p.add_argument("--collections", default=None, help="comma-separated collections requests may name "
                                                      "(default: just --collection); others get 404")
     p.add_argument("--filter_fields", default=None,
                    help="comma-separated fields a filter may name, each NAME or NAME:str|int|float|bool|list "
                         "(default: doc_id,source,format,title)")
     p.add_argument("--allow_raw_filter", action="store_true",
                    help="also accept a raw Milvus expression as the filter (only for trusted callers)")
-    p.add_argument("--top_k", type=int, default=4)
-    p.add_argument("--min_score", type=float, default=None, help="drop passages below this cosine similarity")
-    p.add_argument("--search_mode", default="dense", choices=["dense", "hybrid"])
-    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--top_k", type=int, default=default("top_k"))
+    p.add_argument("--min_score", type=float, default=default("min_score"),
+                   help="drop passages below this cosine similarity")
+    p.add_argument("--search_mode", default=default("search_mode"), choices=get_args(SearchMode))
+    p.add_argument("--max_new_tokens", type=int, default=default("max_new_tokens"))
     p.add_argument("--chain_config", type=Path, help="YAML: {steps: [{name, options}, ...]}")
-    p.add_argument("--load_wait_s", type=float, default=30.0)
+    p.add_argument("--load_wait_s", type=float, default=default("load_wait_s"))
     # No --enable_model_repository: the transformer holds no weights to unload, its repository routes stay off.
     add_api_keys_argument(p)
     add_limit_arguments(p)
@@ -60,14 +69,16 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     from transformers_pre.filters import parse_fields
 
     args = build_parser().parse_args(argv)
-    collections = tuple(c.strip() for c in args.collections.split(",") if c.strip())
+    listed = None if args.collections is None else args.collections.split(",")
+    collections = None if listed is None else tuple(c.strip() for c in listed if c.strip())
     fields = None if args.filter_fields is None else parse_fields(args.filter_fields)
-    defaulted = {k: v for k, v in {"collection": args.collection, "filter_fields": fields}.items() if v is not None}
+    given = {"collection": args.collection, "collections": collections, "filter_fields": fields}
+    defaulted = {k: v for k, v in given.items() if v is not None}
     return TransformerConfig(
         model_name=args.model_name, predictor_host=args.predictor_host, predictor_protocol=args.predictor_protocol,
         predictor_model=args.predictor_model or args.model_name, embedder=args.embedder,
         embedder_protocol=args.embedder_protocol, milvus_uri=args.milvus_uri,
-        collections=collections, allow_raw_filter=args.allow_raw_filter, **defaulted,
+        allow_raw_filter=args.allow_raw_filter, **defaulted,
         top_k=args.top_k, min_score=args.min_score, search_mode=args.search_mode, max_new_tokens=args.max_new_tokens,
         chain=ChainConfig.from_yaml(args.chain_config) if args.chain_config else ChainConfig(),
         http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc, load_wait_s=args.load_wait_s,

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from serving.auth import AuthConfig
+from serving.client import WireProtocol
 from serving.limits import RequestLimits
 from serving.retry import RetryPolicy
 from transformers_pre.filters import DEFAULT_FILTER_FIELDS, FieldType, check_fields
 from transformers_pre.store import SearchMode
-
-Protocol = Literal["v1", "v2", "grpc-v2"]
 
 
 class StepSpec(BaseModel):
@@ -47,10 +46,10 @@ class TransformerConfig(BaseModel):
 
     model_name: str = Field(default="rag", min_length=1)
     predictor_host: str = Field(min_length=1, description="host:port (or URL) of the generation predictor")
-    predictor_protocol: Protocol = "v1"
+    predictor_protocol: WireProtocol = "v1"
     predictor_model: str = Field(default="model", min_length=1, description="model name on the predictor")
     embedder: str = Field(default="all-minilm-l6-v2", description="packaged model id or URL#model")
-    embedder_protocol: Protocol = "v1"
+    embedder_protocol: WireProtocol = "v1"
     milvus_uri: str = "./data/kzero.db"
     collection: str = Field(default="kzero", min_length=1, description="searched when a request names none")
     collections: tuple[str, ...] = Field(default=(), description="all a request may name (default: collection)")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from serving.launch import PredictorProcess
+from tests.keyed import KEY
 from tests.transformers_pre.corpus import DOCS
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.errors import PredictorUnavailable
@@ -221,3 +222,21 @@ def test_command_line_with_an_embedding_predictor(
         assert store.search(question, 1)[0].doc_id == "dlq"
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_command_line_sends_the_predictor_key_to_a_keyed_embedder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keyed_embed_server: PredictorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text(json.dumps({"id": "dlq", "text": DOCS["dlq"][1]}))
+    args = ["--milvus_uri", str(tmp_path / "keyed.db"), "--collection", "keyed", "--no_progress",
+            "--embedder", f"{keyed_embed_server.url}#minilm", str(notes)]
+    monkeypatch.delenv("KZERO_PREDICTOR_API_KEY", raising=False)
+    assert main(args) == 1
+    assert "refused a request without an API key (401)" in capsys.readouterr().err
+    monkeypatch.setenv("KZERO_PREDICTOR_API_KEY", KEY)
+    assert main(args) == 0 and json.loads(capsys.readouterr().out)["added"] == 1
+    monkeypatch.setenv("KZERO_PREDICTOR_API_KEY", " ")
+    assert main(args) == 2 and "KZERO_PREDICTOR_API_KEY is set but holds no key" in capsys.readouterr().err

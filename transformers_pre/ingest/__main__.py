@@ -17,18 +17,27 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
+from serving.auth import AuthConfigError, predictor_api_key
+from serving.client import WireProtocol
+from serving.defaults import default_of
 from serving.errors import InvalidInput, Unavailable
 from serving.kserve_import import import_kserve
 from transformers_pre.embedder import ClientEmbedder, embedder_client
 from transformers_pre.ingest.chunking import Chunker
-from transformers_pre.ingest.pipeline import DEFAULT_EMBEDDER, IngestConfig, IngestSummary, delete, ingest
+from transformers_pre.ingest.config import IngestConfig
+from transformers_pre.ingest.pipeline import IngestSummary, delete, ingest
 from transformers_pre.ingest.readers import Document, read_paths
 from transformers_pre.store import VectorStore
 
 PROG = "python -m transformers_pre.ingest"
+
+
+def _default(field: str) -> Any:
+    return default_of(IngestConfig, field)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,15 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--milvus_uri", default=os.environ.get("MILVUS_URI"),
                    help="Milvus Lite file (./data/kzero.db) or server URL; default: $MILVUS_URI")
     p.add_argument("--collection", required=True)
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER,
-                   help="packaged model id (in-process) or http://host:port#model of an embedding predictor")
-    p.add_argument("--embedder_protocol", default="v1", choices=["v1", "v2", "grpc-v2"])
-    p.add_argument("--tokenizer", default=None,
+    p.add_argument("--embedder", default=_default("embedder"),
+                   help="packaged model id (in-process) or http://host:port#model of an embedding predictor "
+                        "(called with $KZERO_PREDICTOR_API_KEY, if set)")
+    p.add_argument("--embedder_protocol", default=_default("embedder_protocol"), choices=get_args(WireProtocol))
+    p.add_argument("--tokenizer", default=_default("tokenizer"),
                    help="packaged model id or model directory whose tokenizer counts chunk tokens; default: the "
                         "packaged embedder's own, else all-minilm-l6-v2")
-    p.add_argument("--chunk_tokens", type=int, default=None, help="default: the embedder's input limit")
-    p.add_argument("--overlap_tokens", type=int, default=None, help="default: 32")
-    p.add_argument("--batch_size", type=int, default=None, help="chunks per embedder call; default: 64")
+    p.add_argument("--chunk_tokens", type=int, default=_default("chunk_tokens"),
+                   help="default: the embedder's input limit")
+    p.add_argument("--overlap_tokens", type=int, default=_default("overlap_tokens"), help="default: %(default)s")
+    p.add_argument("--batch_size", type=int, default=_default("batch_size"),
+                   help="chunks per embedder call; default: %(default)s")
     p.add_argument("--delete", action="append", default=[], metavar="DOC_ID",
                    help="remove a document (repeatable); applied before PATHs are ingested")
     p.add_argument("--no_progress", action="store_true")
@@ -53,13 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
-    given = {name: value for name in ("overlap_tokens", "batch_size") if (value := getattr(args, name)) is not None}
     return IngestConfig(milvus_uri=args.milvus_uri or "", collection=args.collection, embedder=args.embedder,
                         embedder_protocol=args.embedder_protocol, tokenizer=args.tokenizer,
-                        chunk_tokens=args.chunk_tokens, progress=not args.no_progress, **given)
+                        chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens,
+                        batch_size=args.batch_size, progress=not args.no_progress)
 
 
-async def run(config: IngestConfig, paths: Sequence[str], deletes: Sequence[str]) -> IngestSummary:
+async def run(
+    config: IngestConfig, paths: Sequence[str], deletes: Sequence[str], api_key: SecretStr | None = None
+) -> IngestSummary:
+    """``api_key`` goes to an embedder that is a predictor URL."""
     summary = IngestSummary()
     documents: Iterator[Document] = iter(())
     chunker = None
@@ -73,7 +88,7 @@ async def run(config: IngestConfig, paths: Sequence[str], deletes: Sequence[str]
     try:
         deleted = await delete(store, deletes)
         if chunker is not None:
-            client, model = embedder_client(config.embedder, config.embedder_protocol)
+            client, model = embedder_client(config.embedder, config.embedder_protocol, api_key=api_key)
             embedder = ClientEmbedder(client, model)
             try:
                 await embedder.start()
@@ -103,7 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: nothing to do: give PATHs to ingest and/or --delete DOC_ID", file=sys.stderr)
         return 2
     try:
-        summary = asyncio.run(run(config_from_args(args), args.paths, args.delete))
+        api_key = predictor_api_key(os.environ)
+    except AuthConfigError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = asyncio.run(run(config_from_args(args), args.paths, args.delete, api_key))
     except ValidationError as err:
         first = err.errors()[0]
         print(f"{PROG}: invalid --{'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)

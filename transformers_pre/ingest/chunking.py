@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from transformers_pre.errors import BadRequest
+from transformers_pre.ingest.config import DEFAULT_OVERLAP_TOKENS
 from transformers_pre.ingest.readers import Document
 from transformers_pre.store import Chunk
 
-DEFAULT_OVERLAP_TOKENS = 32
 # A tokenizer that does not know its model's limit reports this huge number (transformers' VERY_LARGE_INTEGER).
 _UNKNOWN_LIMIT = 1_000_000
 # Bumped when the way text is cut changes, so stored documents are re-chunked on the next ingest.

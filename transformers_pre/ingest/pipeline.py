@@ -21,41 +21,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from serving.packaged import PACKAGED_MODELS
 from transformers_pre.embedder import Embedder
-from transformers_pre.ingest.chunking import DEFAULT_OVERLAP_TOKENS, Chunker
+from transformers_pre.ingest.chunking import Chunker
+from transformers_pre.ingest.config import DEFAULT_BATCH_SIZE
 from transformers_pre.ingest.readers import Document
 from transformers_pre.store import Chunk, VectorStore
 
 log = logging.getLogger(__name__)
 
 Action = Literal["added", "updated", "unchanged", "empty"]
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_EMBEDDER = "all-minilm-l6-v2"
-
-
-class IngestConfig(BaseModel):
-    """Settings of ``python -m transformers_pre.ingest``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    milvus_uri: str = Field(min_length=1)
-    collection: str = Field(min_length=1)
-    embedder: str = Field(default=DEFAULT_EMBEDDER, description="packaged model id, or URL#model of a predictor")
-    embedder_protocol: Literal["v1", "v2", "grpc-v2"] = "v1"
-    tokenizer: str | None = Field(default=None, description="packaged model id or model directory")
-    chunk_tokens: int | None = Field(default=None, ge=1, description="default: the embedder's limit")
-    overlap_tokens: int = Field(default=DEFAULT_OVERLAP_TOKENS, ge=0)
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, description="chunks per embedder call")
-    progress: bool = True
-
-    @property
-    def chunking_model(self) -> str:
-        """Whose tokenizer counts chunk tokens: ``tokenizer``, else a packaged embedder's own, else MiniLM's."""
-        return self.tokenizer or (self.embedder if self.embedder in PACKAGED_MODELS else DEFAULT_EMBEDDER)
 
 
 @dataclass(frozen=True)
