@@ -8,11 +8,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
 
 from events.kafka_binding import Mode
+from serving.client import WireProtocol
 from serving.retry import RetryPolicy
+from transformers_pre.ingest.config import IngestConfig
 
 DEFAULT_REQUESTS = "kzero.requests"
 DEFAULT_RESULTS = "kzero.results"
 DEFAULT_DLQ = "kzero.dlq"
+DEFAULT_DOCUMENTS = "kzero.documents"
+DEFAULT_GROUP = "kzero-worker"
+DOCUMENTS_GROUP = "kzero-documents"
+Handler = Literal["inference", "documents"]
 
 # The variables manifests/worker.py gives the worker when Kafka auth is configured, by field.
 SECURITY_ENV = {
@@ -86,18 +92,24 @@ class KafkaSecurity(BaseModel):
 
 
 class WorkerConfig(BaseModel):
+    """``handler`` says what the worker does with an event: ``inference`` calls ``model`` on a predictor
+    (or transformer) and answers on ``output_topic``; ``documents`` applies document events to the
+    collection of ``documents`` and answers only failures. Both dead-letter to ``dlq_topic``."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str = Field(min_length=1)
     security: KafkaSecurity = KafkaSecurity()
-    input_topic: str = DEFAULT_REQUESTS
+    handler: Handler = "inference"
+    input_topic: str = Field(default=DEFAULT_REQUESTS, description=f"{DEFAULT_DOCUMENTS} with handler documents")
     output_topic: str = DEFAULT_RESULTS
     dlq_topic: str = DEFAULT_DLQ
-    group: str = "kzero-worker"
+    group: str = Field(default=DEFAULT_GROUP, description=f"{DOCUMENTS_GROUP} with handler documents")
     predictor_url: str | None = None
     predictor_api_key: SecretStr | None = None  # from KZERO_PREDICTOR_API_KEY; repr shows '**********'
-    model: str = Field(min_length=1)
-    protocol: Literal["v1", "v2", "grpc-v2", "in-process"] = "v1"
+    model: str | None = Field(default=None, min_length=1, description="required with handler inference")
+    protocol: WireProtocol | Literal["in-process"] = "v1"
+    documents: IngestConfig | None = Field(default=None, description="required with handler documents")
     max_batch: int = Field(default=64, ge=1, description="events per predictor micro-batch")
     max_instances: int = Field(default=256, ge=1, description="instances per predictor call")
     max_wait_ms: int = Field(default=20, ge=0)
@@ -114,10 +126,22 @@ class WorkerConfig(BaseModel):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     source: str = "/kzero/worker"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _handler_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("handler") == "documents":
+            return {"input_topic": DEFAULT_DOCUMENTS, "group": DOCUMENTS_GROUP, **data}
+        return data
+
     @model_validator(mode="after")
-    def _predictor(self) -> WorkerConfig:
-        if self.protocol != "in-process" and not self.predictor_url:
-            raise ValueError(f"predictor_url is required with protocol {self.protocol}")
+    def _consistent(self) -> WorkerConfig:
+        if self.handler == "inference":
+            if self.model is None:
+                raise ValueError("model is required with handler inference")
+            if self.protocol != "in-process" and not self.predictor_url:
+                raise ValueError(f"predictor_url is required with protocol {self.protocol}")
+        elif self.documents is None:
+            raise ValueError("documents (the collection and its embedder) is required with handler documents")
         if self.max_in_flight < self.max_batch:
             raise ValueError(f"max_in_flight ({self.max_in_flight}) must be >= max_batch ({self.max_batch})")
         return self

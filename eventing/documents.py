@@ -18,7 +18,8 @@ from events.event import DOCUMENT_DELETE_TYPE, DOCUMENT_UPSERT_TYPE, Event, new_
 from transformers_pre.embedder import Embedder
 from transformers_pre.errors import PredictorUnavailable, StoreUnavailable
 from transformers_pre.ingest.chunking import Chunker
-from transformers_pre.ingest.pipeline import DEFAULT_BATCH_SIZE, upsert
+from transformers_pre.ingest.config import DEFAULT_BATCH_SIZE
+from transformers_pre.ingest.pipeline import upsert
 from transformers_pre.ingest.readers import Document, id_problem
 from transformers_pre.store import VectorStore
 
@@ -108,6 +109,8 @@ class DocumentHandler:
     ) -> None:
         documents = [Document(r["id"], r["text"], r["metadata"]) for r in requests]
         try:
+            if self._embedder.dimension < 1:  # made before the worker's event loop ran: start it on that loop
+                await self._embedder.start()
             async for result in upsert(documents, self._store, self._embedder, self._chunker,
                                        batch_size=self._batch_size):
                 outcomes[index[result.doc_id]] = Success(

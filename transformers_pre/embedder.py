@@ -16,7 +16,12 @@ from transformers_pre.errors import PredictorUnavailable
 
 class Embedder(Protocol):
     dimension: int
+    """0 until ``start`` learned it."""
     model: str
+
+    async def start(self) -> Embedder:
+        """Learn ``dimension`` (and fail early if the embedder is unusable)."""
+        ...
 
     async def embed(self, texts: Sequence[str], headers: Mapping[str, str] | None = None) -> np.ndarray:
         """Normalized float32 vectors, one row per text."""

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from eventing.config import WorkerConfig
 from eventing.documents import DocumentHandler, delete_event, document_event
 from eventing.jobs import send_events
 from eventing.processing import Failure, Success
+from eventing.topics import group_lag
 from eventing.worker import Worker, kafka_clients
 from events.errors import MalformedEvent
 from events.event import DOCUMENT_DELETE_TYPE, DOCUMENT_UPSERT_TYPE, ERROR_TYPE, new_event, request_event
@@ -23,6 +28,7 @@ from tests.transformers_pre.corpus import DOCS
 from tests.transformers_pre.test_ingest import CountingEmbedder, FailingEmbedder, chunker, minilm  # noqa: F401
 from transformers_pre.embedder import ClientEmbedder
 from transformers_pre.ingest.chunking import Chunker
+from transformers_pre.ingest.config import IngestConfig
 from transformers_pre.ingest.pipeline import document_hash
 from transformers_pre.ingest.readers import Document
 from transformers_pre.store import VectorStore
@@ -153,8 +159,8 @@ def test_the_worker_keeps_milvus_in_sync_with_a_topic(
 ) -> None:
     topics = Topics.fresh(kafka_bootstrap, partitions=1)  # one partition: the last event is processed last
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, input_topic=topics.requests,
-                          output_topic=topics.results, dlq_topic=topics.dlq, group=topics.group, model="docs",
-                          protocol="in-process", max_batch=4, max_wait_ms=20)
+                          output_topic=topics.results, dlq_topic=topics.dlq, group=topics.group, handler="documents",
+                          documents=IngestConfig(milvus_uri="kzero.db", collection="docs"), max_batch=4, max_wait_ms=20)
     consumer, producer = kafka_clients(config)
     worker = Worker(config, DocumentHandler(store, embedder, chunker), consumer, producer)
     stop = threading.Event()
@@ -185,3 +191,51 @@ def test_the_worker_keeps_milvus_in_sync_with_a_topic(
         stop.set()
         thread.join(60)
     assert not thread.is_alive()
+
+
+@pytest.mark.slow
+def test_the_documents_command_upserts_and_deletes(
+    kafka_bootstrap: str, tmp_path: Path, minilm: ClientEmbedder  # noqa: F811
+) -> None:
+    """``python -m eventing worker --handler documents``: the packaged embedder in its process, a Milvus Lite
+    file (read once the worker is gone: one process per file), and the group's lag to know it caught up."""
+    topics = Topics.fresh(kafka_bootstrap, partitions=2)
+    db = tmp_path / "docs" / "kzero.db"  # the directory is created
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "eventing", "worker", "--handler", "documents", "--bootstrap-servers",
+         kafka_bootstrap, "--input-topic", topics.requests, "--dlq-topic", topics.dlq, "--group", topics.group,
+         "--milvus-uri", str(db), "--collection", "docs", "--max-wait-ms", "20"],
+        stdout=(tmp_path / "worker.log").open("ab"), stderr=subprocess.STDOUT)
+    try:
+        events = [document_event(doc("milvus")), document_event(doc("keda")), document_event(doc("dlq")),
+                  new_event(DOCUMENT_DELETE_TYPE, "/tests", {"id": ""}, id="bad-id"),
+                  delete_event("keda")]
+        send_events(kafka_bootstrap, topics.requests, events, "binary", progress=False)
+        deadline = time.monotonic() + 180
+        while group_lag(kafka_bootstrap, topics.group, topics.requests) > 0:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the worker did not catch up with the topic in 180s"
+            time.sleep(0.5)
+        dlq = TopicReader(kafka_bootstrap, topics.dlq)
+        dlq.wait_for(lambda reader: len(reader.events) >= 1, timeout_s=30)
+        [dead] = dlq.events
+        assert dead.get("requestid") == "bad-id" and dead.get("errorcode") == "invalid-event"
+        assert "data.id" in dead.get("errormessage")
+        dlq.close()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+    store = VectorStore.connect(str(db), "docs")
+    try:
+        store.load()
+        stored = {d: store.document_hash(d) is not None for d in ("milvus", "keda", "dlq")}
+        assert stored == {"milvus": True, "keda": False, "dlq": True}
+        # Chunked as python -m transformers_pre.ingest chunks: the same hash, so ingesting it again adds nothing.
+        assert store.document_hash("dlq") == document_hash(doc("dlq"), Chunker.load("all-minilm-l6-v2"))
+        question = asyncio.run(minilm.embed(["Where do requests that keep failing end up?"]))[0]
+        assert store.search(question, 1)[0].doc_id == "dlq"
+    finally:
+        store.close()

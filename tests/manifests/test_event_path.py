@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from eventing.__main__ import build_parser as eventing_parser
-from eventing.config import WorkerConfig
+from eventing.__main__ import worker_config
+from eventing.config import KafkaSecurity, WorkerConfig
 from events.event import ERROR_TYPE, REQUEST_TYPE, RESULT_TYPE
 from manifests.config import DeployConfig
 from manifests.render import overlay_documents
-from serving.retry import RetryPolicy
 from tests.manifests.helpers import EXAMPLES, configmap_data, example, find, of_kind, resolve_env
 
 Doc = dict[str, Any]
@@ -31,13 +31,8 @@ def _worker(docs: list[Doc]) -> tuple[Doc, Any, dict[str, str]]:
 
 def _worker_config(args: Any, env: dict[str, str]) -> WorkerConfig:
     """As ``python -m eventing worker`` builds it, so its validation runs on the manifest's flags."""
-    return WorkerConfig(
-        bootstrap_servers=args.bootstrap_servers or env["KAFKA_BOOTSTRAP_SERVERS"], input_topic=args.input_topic,
-        output_topic=args.output_topic, dlq_topic=args.dlq_topic, group=args.group,
-        predictor_url=args.predictor_url, model=args.model, protocol=args.protocol, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight, exactly_once=args.exactly_once,
-        output_mode=args.output_mode, retry=RetryPolicy(max_attempts=args.max_attempts),
-    )
+    args.bootstrap_servers = args.bootstrap_servers or env["KAFKA_BOOTSTRAP_SERVERS"]
+    return worker_config(args, KafkaSecurity(), None)
 
 
 def _topics(docs: list[Doc]) -> dict[str, Doc]:
