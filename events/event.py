@@ -135,9 +135,6 @@ class Event:
                 attributes[name] = attribute_value(name, value)
         return Event(attributes, self.data)
 
-    def with_data(self, data: Any) -> Event:
-        return Event(self.attributes, data)
-
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -24,10 +24,6 @@ class LoadGate:
         self._error: BaseException | None = None
         self._unloaded = False
 
-    @property
-    def is_open(self) -> bool:
-        return self._done.is_set() and self._error is None
-
     def open(self) -> None:
         self._done.set()
 

@@ -76,7 +76,6 @@ def test_with_attributes_sets_and_removes() -> None:
     assert "jobid" not in changed.attributes
     assert (changed.get("partitionkey"), changed.get("attempt")) == ("k", "2")
     assert event.get("jobid") == "j-1"
-    assert changed.with_data([1, 2]).data == [1, 2]
     assert changed.get("missing", "fallback") == "fallback"
     assert event.datacontenttype is None
 

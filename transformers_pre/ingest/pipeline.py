@@ -205,16 +205,16 @@ def _batches(
 ) -> Iterator[_Batch]:
     batch = _Batch()
     iterator = iter(documents)
-    # Documents are looked up in groups: one store round trip per group once the store has a bulk lookup.
+    # Documents are looked up in groups: one store round trip per group.
     for group in iter(lambda: list(itertools.islice(iterator, batch_size)), []):
-        stored = _stored_hashes(store, [document.doc_id for document in group])
+        stored = store.document_hashes([document.doc_id for document in group])
         for document in group:
             doc_hash = document_hash(document, chunker)
-            if stored[document.doc_id] == doc_hash:
+            if stored.get(document.doc_id) == doc_hash:
                 batch.unchanged.append(DocumentResult(document.doc_id, "unchanged", 0))
                 continue
             chunks = chunker.chunks(document)
-            action: Action = "empty" if not chunks else "added" if stored[document.doc_id] is None else "updated"
+            action: Action = "empty" if not chunks else "added" if document.doc_id not in stored else "updated"
             pending = _Pending(document.doc_id, doc_hash, action, chunks,
                                np.empty((len(chunks), dimension), dtype=np.float32), len(chunks))
             if not chunks:
@@ -238,17 +238,6 @@ async def _embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
 
 
 def _write(store: VectorStore, complete: list[_Pending], unchanged: list[DocumentResult]) -> list[DocumentResult]:
-    written = _replace(store, complete)
+    """One store round trip for the batch's complete documents."""
+    written = store.replace_documents([(p.doc_id, p.doc_hash, p.chunks, p.vectors) for p in complete])
     return [*unchanged, *(DocumentResult(p.doc_id, p.action, n) for p, n in zip(complete, written, strict=True))]
-
-
-# The two store round trips per group/batch; one call each once VectorStore has bulk variants.
-
-
-def _stored_hashes(store: VectorStore, doc_ids: Sequence[str]) -> dict[str, str | None]:
-    stored = store.document_hashes(doc_ids)
-    return {doc_id: stored.get(doc_id) for doc_id in doc_ids}
-
-
-def _replace(store: VectorStore, complete: Sequence[_Pending]) -> list[int]:
-    return store.replace_documents([(p.doc_id, p.doc_hash, p.chunks, p.vectors) for p in complete])
