@@ -2,13 +2,16 @@
 
 1. Starts the embedding and the generation predictor on free loopback ports and sends one request
    of each protocol (v1, v2, gRPC, OpenAI) to each, printing answers and timings.
-2. Ingests the corpus in docs/corpus into Milvus Lite, starts the RAG transformer in front of the
-   generation predictor, and asks a few questions, printing answers with their sources.
-3. Starts a single-node Kafka broker (scripts/kafka.sh, so KZERO_KAFKA_PORT, KZERO_KAFKA_DATA and
+2. Starts a single-node Kafka broker (scripts/kafka.sh, so KZERO_KAFKA_PORT, KZERO_KAFKA_DATA and
    the other KZERO_KAFKA_* settings apply; or $KAFKA_BOOTSTRAP_SERVERS with the
-   KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_CAFILE login of `python -m eventing`), creates the
-   job topics, runs the eventing worker against the embedding predictor, submits a batch job of
-   CloudEvents, collects every result and prints the job's throughput.
+   KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_CAFILE login of `python -m eventing`).
+3. Ingests the corpus in docs/corpus into Milvus Lite, publishes one more document as a
+   dev.kzero.document.upsert event that the document worker (`python -m eventing worker --handler
+   documents`) writes into the same collection, starts the RAG transformer in front of the
+   generation predictor, and asks a few questions (one answered from that document), printing
+   answers with their sources.
+4. Creates the job topics, runs the eventing worker against the embedding predictor, submits a
+   batch job of CloudEvents, collects every result and prints the job's throughput.
 Everything is shut down at the end. A part that fails or times out ends the demo with one line
 naming it and exit status 1.
 """
@@ -34,11 +37,13 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 # The checkout this script is in, ahead of whatever checkout the virtualenv's editable install names.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity
-from eventing.jobs import collect, submit
-from eventing.topics import ensure_topics
+from eventing.config import DEFAULT_DLQ, DEFAULT_DOCUMENTS, DEFAULT_REQUESTS, DEFAULT_RESULTS, KafkaSecurity
+from eventing.documents import document_event
+from eventing.jobs import collect, send_events, submit
+from eventing.topics import ensure_topics, group_lag
 from observability.telemetry import setup_telemetry
 from serving.launch import PredictorProcess
+from transformers_pre.ingest.readers import Document
 
 LOGS = Path("data/demo-logs")
 JOB_TIMEOUT_S = 600
@@ -126,19 +131,11 @@ def start_broker() -> tuple[str, bool]:
     return lines[-1], not already_running
 
 
-def kafka_demo(embed: PredictorProcess, jobs: int = 2000) -> None:
-    security = KafkaSecurity.from_env(os.environ)  # the worker reads the same variables
-    bootstrap, started_broker = start_broker()
-    print(f"  broker at {bootstrap}")
-    try:
-        # Before the worker and the collector start: on an empty broker they would otherwise race
-        # the worker's own topic creation.
-        ensure_topics(bootstrap, [DEFAULT_REQUESTS, DEFAULT_RESULTS, DEFAULT_DLQ], security=security)
-        run_job(embed, bootstrap, security, jobs)
-    finally:
-        if started_broker:
-            _kafka_script("stop")
-            print("  broker stopped")
+def kafka_demo(embed: PredictorProcess, bootstrap: str, security: KafkaSecurity, jobs: int = 2000) -> None:
+    # Before the worker and the collector start: on an empty broker they would otherwise race
+    # the worker's own topic creation.
+    ensure_topics(bootstrap, [DEFAULT_REQUESTS, DEFAULT_RESULTS, DEFAULT_DLQ], security=security)
+    run_job(embed, bootstrap, security, jobs)
 
 
 def run_job(embed: PredictorProcess, bootstrap: str, security: KafkaSecurity, jobs: int) -> None:
@@ -193,14 +190,48 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         print(f"  worker killed: still running 60s after SIGTERM (exit {worker.wait()})")
 
 
+# Not in docs/corpus: it reaches the collection as a document event, through the document worker.
+NEWS = Document("demo-news", "The kzero demo has a mascot: a red fox called Ember, who wakes up whenever a request "
+                              "arrives and goes back to sleep when the cluster scales to zero.", {"title": "Mascot"})
 QUESTIONS = [
     "How does kzero avoid paying for idle GPUs?",
     "What happens to a request that keeps failing?",
-    "How do I ask the RAG model a question?",
+    "What is the name of the kzero mascot?",
 ]
+DOCUMENTS_TIMEOUT_S = 120
 
 
-def rag_demo(generate: PredictorProcess) -> None:
+def sync_documents(embed: PredictorProcess, db: Path, bootstrap: str, security: KafkaSecurity) -> None:
+    """Publish ``NEWS`` to the documents topic and run the document worker until it has applied it.
+
+    The worker stops before the transformer starts: a Milvus Lite file serves one process at a time.
+    """
+    group = f"demo-documents-{uuid.uuid4().hex[:6]}"
+    ensure_topics(bootstrap, [DEFAULT_DOCUMENTS, DEFAULT_DLQ], security=security)
+    started = time.perf_counter()
+    send_events(bootstrap, DEFAULT_DOCUMENTS, [document_event(NEWS)], "binary", progress=False, security=security)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "eventing", "worker", "--handler", "documents", "--bootstrap-servers", bootstrap,
+         "--group", group, "--milvus-uri", str(db), "--collection", "kzero",
+         "--embedder", f"{embed.url}#{embed.model_name}"],
+        stdout=(LOGS / "documents.log").open("ab"), stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + DOCUMENTS_TIMEOUT_S
+        while group_lag(bootstrap, group, DEFAULT_DOCUMENTS, security=security) > 0:
+            if worker.poll() is not None:
+                raise DemoFailed(f"the document worker exited with {worker.returncode}; see {LOGS}/documents.log")
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the document worker did not catch up within {DOCUMENTS_TIMEOUT_S}s; "
+                                 f"see {LOGS}/documents.log")
+            time.sleep(0.2)
+        print(f"  document event {NEWS.doc_id!r} on {DEFAULT_DOCUMENTS} applied by the document worker in "
+              f"{time.perf_counter() - started:.1f}s")
+    finally:
+        stop_worker(worker)
+
+
+def rag_demo(generate: PredictorProcess, embed: PredictorProcess, bootstrap: str, security: KafkaSecurity) -> None:
     db = Path("data/kzero.db")
     started = time.perf_counter()
     out = subprocess.run(
@@ -208,6 +239,7 @@ def rag_demo(generate: PredictorProcess) -> None:
          "--no_progress", "docs/corpus"], capture_output=True, text=True, check=True,
     )
     print(f"  ingested docs/corpus in {time.perf_counter() - started:.1f}s: {out.stdout.strip().splitlines()[-1]}")
+    sync_documents(embed, db, bootstrap, security)
     args = ["--predictor_host", f"127.0.0.1:{generate.http_port}", "--predictor_model", "smol",
             "--milvus_uri", str(db), "--collection", "kzero", "--max_new_tokens", "64"]
     with PredictorProcess(args, model_name="rag", module="transformers_pre", log_path=LOGS / "rag.log") as rag:
@@ -263,12 +295,22 @@ def run(progress: Progress) -> None:
         progress.part = "the generation part"
         print("\ngeneration: SmolLM2-135M-Instruct")
         asyncio.run(generate_demo(generate))
-        progress.part = "the RAG part"
-        print("\nretrieval-augmented generation: docs/corpus -> Milvus Lite -> transformer -> SmolLM2")
-        rag_demo(generate)
-        progress.part = "the Kafka part"
-        print("\nbatch job: CloudEvents over Kafka")
-        kafka_demo(embed)
+        progress.part = "starting Kafka"
+        security = KafkaSecurity.from_env(os.environ)  # the workers read the same variables
+        bootstrap, started_broker = start_broker()
+        print(f"\nKafka broker at {bootstrap}")
+        try:
+            progress.part = "the RAG part"
+            print("\nretrieval-augmented generation: docs/corpus and a document event -> Milvus Lite -> "
+                  "transformer -> SmolLM2")
+            rag_demo(generate, embed, bootstrap, security)
+            progress.part = "the Kafka part"
+            print("\nbatch job: CloudEvents over Kafka")
+            kafka_demo(embed, bootstrap, security)
+        finally:
+            if started_broker:
+                _kafka_script("stop")
+                print("  broker stopped")
         progress.part = "stopping the predictors"
     print("\npredictors stopped cleanly")
 
