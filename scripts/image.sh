@@ -8,7 +8,7 @@
 #                             `docker import` it. Cached in the engine's data root from then on.
 #   scripts/image.sh build    base, then `docker build` the Dockerfile into KZERO_IMAGE. Layers and
 #                             pip's downloads (a BuildKit cache mount) are cached between builds;
-#                             untagged images and cache beyond KZERO_BUILD_CACHE are pruned after it.
+#                             superseded (untagged) images are removed after it.
 #
 # Both start the engine if needed (scripts/docker.sh start) and print the image's name as the last
 # stdout line; progress goes to stderr.
@@ -20,7 +20,6 @@
 #   KZERO_TORCH_INDEX   TORCH_INDEX for the Dockerfile (default empty: torch from the pip index
 #                       the host's pip configuration names; the Dockerfile's own default is the PyTorch index).
 #   KZERO_DEBIAN_MIRROR debootstrap's mirror (default: debootstrap's own).
-#   KZERO_BUILD_CACHE   build cache kept after a build, most recently used first (default 12GB).
 #   KZERO_PIP_PYTHON    the interpreter whose `pip config list` is the host's pip configuration (default python3).
 set -euo pipefail
 
@@ -33,7 +32,6 @@ TORCH_INDEX="${KZERO_TORCH_INDEX:-}"
 MIRROR="${KZERO_DEBIAN_MIRROR:-}"
 PIP_PYTHON="${KZERO_PIP_PYTHON:-python3}"
 WORK_DIR="${KZERO_DOCKER_HOME:-${HOME}/.cache/kzero/docker}"
-KEEP_CACHE="${KZERO_BUILD_CACHE:-12GB}"
 
 log() { echo "image.sh: $*" >&2; }
 die() { echo "image.sh: error: $*" >&2; exit 1; }
@@ -134,11 +132,10 @@ cmd_build() {
         "${args[@]}" -t "$IMAGE" "$ROOT" >&2 || die "docker build of $IMAGE failed"
     log "built $IMAGE in $((SECONDS - started))s ($("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE" |
         awk '{printf "%.2f GB", $1 / 1e9}'))"
-    # Each change to the requirements leaves a superseded virtualenv (4-5 GB) behind as an untagged
-    # image and as build cache: drop those, keeping the most recently used cache (the current
-    # layers and pip's downloads fit in it).
+    # Each change to the requirements leaves the superseded image (4-5 GB) behind untagged: drop it.
+    # The build cache is left alone: a cache hit does not refresh the "last used" time of the
+    # layers under it, so pruning by size or age breaks the chain the next build needs.
     "$DOCKER" image prune --force >/dev/null
-    "$DOCKER" builder prune --force --keep-storage "$KEEP_CACHE" >/dev/null
     echo "$IMAGE"
 }
 
