@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
+from kubernetes.utils import parse_quantity
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, WorkerConfig
+from manifests.presets import Gpu, GpuProduct, preset_fields
+from manifests.sizing import Footprint, choose_gpu, footprint_for
 from predictors.batcher import BatcherConfig
 from predictors.config import LimitsConfig, PredictorConfig
 from serving.defaults import default_of
@@ -34,6 +37,8 @@ Quantity = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti
 KNATIVE_MAX_TIMEOUT_S = 600
 KNATIVE_MAX_CONTAINER_CONCURRENCY = 1000
 KNATIVE_WINDOW_S = (6, 3600)
+# NVIDIA GPU feature discovery's label for the GPU's product name (the GPU operator runs it).
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
 def duration_s(value: str) -> int:
@@ -77,6 +82,8 @@ class Profile(_Model):
     resources: Resources
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
+    gpu: Gpu | None = Field(default=None, description="adds a node selector on its product; with a preset, "
+                                                       "default: the smallest known GPU that fits")
     scale_down_delay: Duration
     window: Duration
     progress_deadline: Duration
@@ -124,6 +131,8 @@ class Profiles(_Model):
 
 class Predictor(_Model):
     model_name: Name
+    preset: str | None = Field(default=None, description="a model by name (python -m manifests presets): sets "
+                                                         "task and model_id, and sizes the predictor")
     task: Literal["embed", "generate"]
     model_id: str | None = Field(default=None, description="a model packaged in the image")
     storage_uri: str | None = Field(default=None, pattern=r"^(pvc|oci)://.+",
@@ -133,6 +142,7 @@ class Predictor(_Model):
     max_batch_latency_ms: float = Field(default=default_of(BatcherConfig, "max_batch_latency_ms"), ge=0)
     max_queue: int = Field(default=default_of(BatcherConfig, "max_queue"), ge=1)
     load_wait_s: float = Field(default=default_of(PredictorConfig, "load_wait_s"), ge=0)
+    max_input_tokens: int | None = Field(default=None, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=4, ge=1)
@@ -153,6 +163,17 @@ class Predictor(_Model):
         # Two batches' worth: one computing while the next fills. Beyond that, requests wait in
         # Knative's queue-proxy/activator (and drive scale-out) instead of in our batcher's queue.
         return self.container_concurrency or 2 * self.effective_scale_target
+
+    @property
+    def sequence_tokens(self) -> int:
+        """The most tokens one sequence can hold: the predictor refuses longer inputs and stops there."""
+        limits = LimitsConfig()
+        return (self.max_input_tokens or limits.max_input_tokens) + (self.max_new_tokens or limits.max_new_tokens)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: object) -> object:
+        return preset_fields(data) if isinstance(data, dict) and data.get("preset") is not None else data
 
     @model_validator(mode="after")
     def _consistent(self) -> Predictor:
@@ -339,7 +360,45 @@ class DeployConfig(_Model):
             if self.transformer.max_new_tokens > limit:
                 raise ValueError(f"transformer.max_new_tokens ({self.transformer.max_new_tokens}) exceeds the "
                                  f"predictor's max_new_tokens ({limit}): every answer would be refused")
+        for name in ("cpu", "gpu"):
+            self.profile(name)  # a preset that fits no GPU (or not the named one) is refused here
         return self
+
+    def profile(self, name: str) -> Profile:
+        """The cpu or gpu profile as rendered: a named GPU adds its product label to the node selector;
+        with a preset, the memory request covers the model and the GPU is one it fits
+        (``manifests/sizing.py``; raises ValueError with the arithmetic when none does)."""
+        profile: Profile = getattr(self.profiles, name)
+        footprint, gpu = self.footprint(name), self.gpu(name)
+        update: dict[str, object] = {}
+        resources: dict[str, object] = {}
+        # The configured request stays when it is larger: sizing sets a floor, not a ceiling.
+        if footprint is not None and parse_quantity(footprint.memory_request) > parse_quantity(
+                profile.resources.memory):
+            resources["memory"] = footprint.memory_request
+        if footprint is not None and footprint.on_gpu and not profile.resources.gpus:
+            resources["gpus"] = 1
+        if resources:
+            update["resources"] = profile.resources.model_copy(update=resources)
+        if gpu is not None:
+            update["node_selector"] = {**profile.node_selector, GPU_PRODUCT_LABEL: gpu.product}
+        return profile.model_copy(update=update)
+
+    def gpu(self, name: str) -> GpuProduct | None:
+        """The GPU the cpu or gpu profile names or, with a preset, the one it is sized for."""
+        profile: Profile = getattr(self.profiles, name)
+        named = profile.gpu.resolved if profile.gpu is not None else None
+        footprint = self.footprint(name)
+        return choose_gpu(footprint, named) if footprint is not None and footprint.on_gpu else named
+
+    def footprint(self, name: str) -> Footprint | None:
+        """The memory the preset needs on the cpu or gpu profile (None without a preset)."""
+        if self.predictor.preset is None:
+            return None
+        profile: Profile = getattr(self.profiles, name)
+        return footprint_for(self.predictor.preset, device=profile.device, dtype=profile.dtype,
+                             gpus=profile.resources.gpus, tokens=self.predictor.sequence_tokens,
+                             sequences=self.predictor.max_batch_size)
 
     @property
     def worker_max_batch(self) -> int:

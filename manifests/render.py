@@ -95,7 +95,7 @@ def render_tree(config: DeployConfig) -> list[File]:
         files.append(File(f"components/{name}/kustomization.yaml",
                           [_kustomization([f.path for f in component], component=True, **extra)]))
     for accelerator in ("cpu", "gpu"):
-        profile = getattr(config.profiles, accelerator)
+        profile = config.profile(accelerator)
         files.append(File(f"overlays/{accelerator}/inferenceservice-patch.yaml", [profile_patch(profile, accelerator)],
                           f"JSON patch (RFC 6902): the predictor on {accelerator}."))
         patch = {"path": "inferenceservice-patch.yaml", "target": _isvc_target(config)}
@@ -122,7 +122,7 @@ def _delete_isvc(config: DeployConfig) -> Doc:
 def _profiled_isvc(config: DeployConfig, profile: str | None = None) -> Doc:
     """The InferenceService with a profile's patch applied (default: the one ``kafka_overlays_on`` names)."""
     name = profile or config.kafka_overlays_on
-    return apply_patch(inference_service(config), profile_patch(getattr(config.profiles, name), name))
+    return apply_patch(inference_service(config), profile_patch(config.profile(name), name))
 
 
 def _route_component(route: str) -> str:

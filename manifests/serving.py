@@ -47,6 +47,8 @@ def predictor_args(config: DeployConfig) -> list[str]:
     args += ["--http_port", str(HTTP_PORT), "--grpc_port", str(GRPC_PORT), "--enable_grpc", "false",
              "--max_batch_size", str(p.max_batch_size), "--max_batch_latency_ms", _num(p.max_batch_latency_ms),
              "--max_queue", str(p.max_queue), "--load_wait_s", _num(p.load_wait_s)]
+    if p.max_input_tokens is not None:
+        args += ["--max_input_tokens", str(p.max_input_tokens)]
     if p.max_new_tokens is not None:
         args += ["--max_new_tokens", str(p.max_new_tokens)]
     return args
