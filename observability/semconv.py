@@ -41,6 +41,8 @@ GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
 GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
 GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_FIRST_TOKEN_EVENT = "gen_ai.first_token"  # an event on the request span (continuous engine)
 
 # kzero
 KZERO_MODEL = "kzero.model"
@@ -54,3 +56,5 @@ KZERO_ATTEMPT = "kzero.attempt"
 KZERO_ERROR_CODE = "kzero.error_code"
 KZERO_STEP = "kzero.step"
 KZERO_PASSAGES = "kzero.passages"
+KZERO_GROUNDING_SCORE = "kzero.grounding.score"  # the ground step: how well the answer matches its sources
+KZERO_ANSWER_MODE = "kzero.answer.mode"  # generative | extractive

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 def build_parser() -> argparse.ArgumentParser:
     from predictors.batcher import BatcherConfig
-    from predictors.config import Dtype, LimitsConfig, PredictorConfig, Task
+    from predictors.config import Dtype, EngineConfig, EngineKind, LimitsConfig, PredictorConfig, Task
     from serving.auth import add_api_keys_argument
     from serving.defaults import default_of
     from serving.limits import add_limit_arguments
@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_instances", type=int, default=default_of(LimitsConfig, "max_instances"))
     p.add_argument("--max_input_tokens", type=int, default=default_of(LimitsConfig, "max_input_tokens"))
     p.add_argument("--max_new_tokens", type=int, default=default_of(LimitsConfig, "max_new_tokens"))
+    p.add_argument("--engine", choices=get_args(EngineKind), default=default_of(EngineConfig, "engine"),
+                   help="generation engine: static batches, or continuous batching (token-level)")
+    p.add_argument("--max_num_seqs", type=int, default=default_of(EngineConfig, "max_num_seqs"),
+                   help="continuous: sequences decoding at once")
+    p.add_argument("--kv_cache_memory_gb", type=float, default=default_of(EngineConfig, "kv_cache_memory_gb"),
+                   help="continuous: memory of the paged KV cache")
+    p.add_argument("--max_batch_tokens", type=int, default=default_of(EngineConfig, "max_batch_tokens"),
+                   help="continuous: tokens per step (long prompts prefill in chunks of it)")
+    p.add_argument("--kv_page_size", type=int, default=default_of(EngineConfig, "kv_page_size"))
     add_limit_arguments(p)
     add_api_keys_argument(p)
     p.add_argument("--enable_model_repository", action="store_true", default=default("enable_model_repository"),
@@ -57,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorConfig
     from predictors.batcher import BatcherConfig
-    from predictors.config import LimitsConfig, PredictorConfig
+    from predictors.config import EngineConfig, LimitsConfig, PredictorConfig
     from serving.auth import AuthConfig
     from serving.limits import limits_from_args
 
@@ -81,6 +90,13 @@ def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorC
             max_instances=args.max_instances,
             max_input_tokens=args.max_input_tokens,
             max_new_tokens=args.max_new_tokens,
+        ),
+        generation=EngineConfig(
+            engine=args.engine,
+            max_num_seqs=args.max_num_seqs,
+            kv_cache_memory_gb=args.kv_cache_memory_gb,
+            max_batch_tokens=args.max_batch_tokens,
+            kv_page_size=args.kv_page_size,
         ),
         request_limits=limits_from_args(args),
         load_wait_s=args.load_wait_s,

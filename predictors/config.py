@@ -14,6 +14,7 @@ from serving.packaged import PACKAGED_MODELS
 
 Task = Literal["embed", "generate"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+EngineKind = Literal["static", "continuous"]
 
 
 class LimitsConfig(BaseModel):
@@ -25,6 +26,20 @@ class LimitsConfig(BaseModel):
     max_input_tokens: int = Field(default=2048, ge=1)
     max_new_tokens: int = Field(default=512, ge=1)
     default_max_new_tokens: int = Field(default=64, ge=1)
+
+
+class EngineConfig(BaseModel):
+    """The generation engine: ``static`` (batches of whole requests through the batcher) or ``continuous``
+    (transformers' continuous batching: token-level scheduling over a paged KV cache)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Static stays the default: on a CPU transformers' continuous engine is slower per step (docs/benchmarks.md).
+    engine: EngineKind = "static"
+    max_num_seqs: int = Field(default=32, ge=1, description="sequences decoding at once (continuous)")
+    kv_cache_memory_gb: float = Field(default=0.25, gt=0.0, description="paged KV cache budget (continuous)")
+    max_batch_tokens: int = Field(default=256, ge=16, description="tokens per step; longer prompts prefill in chunks")
+    kv_page_size: int = Field(default=32, ge=4, description="tokens per KV cache page (continuous)")
 
 
 class PredictorConfig(BaseModel):
@@ -40,6 +55,7 @@ class PredictorConfig(BaseModel):
     cache_dir: Path = Path.home() / ".cache" / "kzero"
     batcher: BatcherConfig = BatcherConfig()
     limits: LimitsConfig = LimitsConfig()
+    generation: EngineConfig = EngineConfig()
     request_limits: RequestLimits = RequestLimits()
     load_wait_s: float = Field(default=30.0, ge=0.0, description="how long a request waits for a loading model")
     retry_after_s: int = Field(default=5, ge=1)

@@ -12,6 +12,7 @@ from observability.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, DualCounter, D
 from serving.metrics import ServerMetrics
 
 TOKEN_RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
 
 class PredictorMetrics(ServerMetrics):
@@ -37,6 +38,58 @@ class PredictorMetrics(ServerMetrics):
         self._tokens_per_second = DualHistogram(
             meter, registry, "kzero_generation_tokens_per_second", "Completion tokens per second of each batch",
             ["model"], TOKEN_RATE_BUCKETS, unit="{token}/s")
+
+        # The continuous engine's request-level view (kserve#3983, #3461 ask for these).
+        self._ttft = DualHistogram(
+            meter, registry, "kzero_time_to_first_token_seconds", "Submission to first generated token", ["model"],
+            LATENCY_BUCKETS, unit="s")
+        self._tpot = DualHistogram(
+            meter, registry, "kzero_time_per_output_token_seconds", "Mean time between output tokens of a request",
+            ["model"], TOKEN_LATENCY_BUCKETS, unit="s")
+        # Not kzero_request_duration_seconds: that name is every server's per-route latency (serving.metrics).
+        self._generation_duration = DualHistogram(
+            meter, registry, "kzero_generation_duration_seconds", "Generation end to end, submission to last token",
+            ["model"], LATENCY_BUCKETS, unit="s")
+        self._prompt_tokens = DualCounter(
+            meter, registry, "kzero_prompt_tokens_total", "Prompt tokens of generation requests", ["model"],
+            unit="{token}")
+        self._cancelled = DualCounter(
+            meter, registry, "kzero_cancelled_requests_total", "Generation requests that left before finishing",
+            ["model", "reason"], unit="{request}")
+        self._running = DualGauge(
+            meter, registry, "kzero_generation_running", "Sequences in the running batch", ["model"], unit="{request}")
+        self._waiting = DualGauge(
+            meter, registry, "kzero_generation_waiting", "Requests waiting for their first token", ["model"],
+            unit="{request}")
+        self._kv_usage = DualGauge(
+            meter, registry, "kzero_kv_cache_usage_ratio", "Fraction of the paged KV cache in use", ["model"])
+
+    def generation_done(
+        self, model: str, prompt_tokens: int, completion_tokens: int,
+        first_token_s: float | None, per_token_s: float | None, total_s: float,
+    ) -> None:
+        """One request of the continuous engine finished (its tokens count in ``kzero_generated_tokens_total``)."""
+        self._prompt_tokens.add(prompt_tokens, model)
+        if completion_tokens > 0:
+            self._generated_tokens.add(completion_tokens, model)
+        if first_token_s is not None:
+            self._ttft.record(first_token_s, model)
+        if per_token_s is not None:
+            self._tpot.record(per_token_s, model)
+        self._generation_duration.record(total_s, model)
+
+    def cancelled(self, model: str, reason: str) -> None:
+        self._cancelled.add(1, model, reason)
+
+    def watch_generation(self, model: str, stats: Callable[[], tuple[int, int, float] | None]) -> None:
+        """``stats`` reads (running, waiting, KV cache usage) when metrics are collected; None: no such engine."""
+
+        def reading(i: int) -> Callable[[], list[tuple[tuple[str], float]]]:
+            return lambda: [] if (now := stats()) is None else [((model,), float(now[i]))]
+
+        self._running.watch(reading(0))
+        self._waiting.watch(reading(1))
+        self._kv_usage.watch(reading(2))
 
     def observe_batch(self, model: str, size: int, waits: Sequence[float]) -> None:
         self._batch_size.record(size, model)

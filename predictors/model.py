@@ -24,6 +24,7 @@ from opentelemetry.trace import Link
 from observability import semconv
 from observability.propagation import extract
 from predictors.batcher import Batcher, BatcherClosed, BatcherConfig, QueueFull
+from predictors.engines.continuous import EngineStopped
 from predictors.loading import LoadReport
 from predictors.metrics import PredictorMetrics
 from predictors.tasks import TaskAdapter
@@ -79,6 +80,7 @@ class BatchedModel(Model):
         self.report: LoadReport | None = None
         metrics.model_ready(name, False)
         metrics.watch_queue(name, lambda: self.queue_depth)
+        metrics.watch_generation(name, self._generation_stats)
 
     @property
     def task(self) -> TaskAdapter[Any, Any]:
@@ -87,8 +89,22 @@ class BatchedModel(Model):
         return self._task
 
     @property
+    def _scheduler(self) -> Any:
+        """The task's engine when it schedules requests itself (continuous batching), else None."""
+        engine = getattr(self._task, "engine", None)
+        return engine if getattr(engine, "self_scheduling", False) else None
+
+    @property
     def queue_depth(self) -> int:
+        if (scheduler := self._scheduler) is not None:
+            return int(scheduler.waiting)  # requests the running batch has not taken in yet
         return self._batcher.queue_depth if self._batcher else 0
+
+    def _generation_stats(self) -> tuple[int, int, float] | None:
+        if (scheduler := self._scheduler) is None:
+            return None
+        stats = scheduler.stats()
+        return stats.running, stats.waiting, stats.kv_usage
 
     def load(self) -> bool:
         # KServe calls this synchronously when a request finds the model not ready; loading
@@ -131,11 +147,23 @@ class BatchedModel(Model):
         self._gate.unload()
         if self._batcher is not None:
             await self._batcher.close()
+        await self._stop_scheduler()
         self._task = None
+
+    async def _stop_scheduler(self) -> None:
+        if (scheduler := self._scheduler) is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, scheduler.stop)
+
+    def stop(self) -> None:
+        """KServe's shutdown hook: the continuous engine's decoding thread would keep the process alive."""
+        super().stop()
+        if (scheduler := self._scheduler) is not None:
+            scheduler.stop()
 
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.close()
+        await self._stop_scheduler()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def get_input_types(self) -> list[dict[str, Any]]:
@@ -191,7 +219,7 @@ class BatchedModel(Model):
         """
         await self.wait_ready()
         self.check_capacity(len(items))
-        assert self._batcher is not None
+        assert self._batcher is not None or self._scheduler is not None
         parent = None if trace.get_current_span().get_span_context().is_valid else extract(headers)
         model = {semconv.KZERO_MODEL: self.name, semconv.GEN_AI_REQUEST_MODEL: self.name,
                  semconv.GEN_AI_OPERATION: self.operation(operation)}
@@ -207,18 +235,47 @@ class BatchedModel(Model):
             if usage:
                 span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, sum(getattr(r, "prompt_tokens", 0) for r in usage))
                 span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, sum(r.completion_tokens for r in usage))
+                span.set_attribute(semconv.GEN_AI_FINISH_REASONS, [getattr(r, "finish_reason", "") for r in usage])
         for result in results:
             if isinstance(result, BaseException):
                 raise self._translate(result)
         return list(results)
 
-    async def _submit(self, work: Work) -> Any:
-        """One item through the batcher; its item span (if any) ends with it, with its own usage."""
+    async def _run(self, work: Work) -> Any:
+        if self._scheduler is not None:
+            return await self._generate(work)
         assert self._batcher is not None
-        if work.item_span is None:
-            return await self._batcher.submit(work)
+        return await self._batcher.submit(work)
+
+    async def _generate(self, work: Work) -> Any:
+        """One item into the continuous engine's running batch; cancelling this task takes it out at the next step."""
+        scheduler = self._scheduler
+        params = getattr(work.item, "params", None)
+        spans = [s for s in (work.span, work.item_span) if s is not None]
+        if params is not None:
+            for s in spans:
+                s.set_attribute(semconv.GEN_AI_REQUEST_MAX_TOKENS, params.max_new_tokens)
+
+        def first_token() -> None:
+            for s in spans:
+                s.add_event(semconv.GEN_AI_FIRST_TOKEN_EVENT)
+
         try:
-            result = await self._batcher.submit(work)
+            result, timings = await scheduler.generate(work.item, first_token)
+        except asyncio.CancelledError:
+            # The caller went away (HTTP disconnect, stream closed, gRPC cancel) or its deadline passed.
+            self._metrics.cancelled(self.name, "disconnect")
+            raise
+        self._metrics.generation_done(self.name, result.prompt_tokens, result.completion_tokens,
+                                      timings.first_token_s, timings.per_token_s, timings.total_s)
+        return result
+
+    async def _submit(self, work: Work) -> Any:
+        """One item through the batcher (or the continuous engine); its item span (if any) ends with it."""
+        if work.item_span is None:
+            return await self._run(work)
+        try:
+            result = await self._run(work)
             if hasattr(result, "completion_tokens"):
                 work.item_span.set_attribute(semconv.GEN_AI_INPUT_TOKENS, getattr(result, "prompt_tokens", 0))
                 work.item_span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, result.completion_tokens)
@@ -234,7 +291,7 @@ class BatchedModel(Model):
             return err
         if isinstance(err, QueueFull):
             return Overloaded(f"model {self.name} is overloaded: {err}", self._retry_after_s)
-        if isinstance(err, BatcherClosed):
+        if isinstance(err, BatcherClosed | EngineStopped):
             return Unavailable(f"model {self.name} is shutting down", self._retry_after_s)
         log.error("inference failed in model %s", self.name, exc_info=err)
         return InferenceFailed(f"inference failed: {type(err).__name__}: {err}")

@@ -48,10 +48,13 @@ class SamplingBody(OpenAIBody):
     stream_options: StreamOptions | None = None
     presence_penalty: Literal[0] = 0
     frequency_penalty: Literal[0] = 0
+    # Extras vLLM's OpenAI server accepts too: fixed output lengths for benchmarks, a floor on the length.
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
 
     def parameters(self, max_tokens: int | None) -> dict[str, Any]:
         return {"max_new_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "stop": self.stop, "seed": self.seed}
+                "stop": self.stop, "seed": self.seed, "ignore_eos": self.ignore_eos, "min_tokens": self.min_tokens}
 
 
 class CompletionBody(SamplingBody):

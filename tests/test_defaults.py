@@ -18,7 +18,7 @@ from manifests import config as deploy
 from predictors.__main__ import build_parser as predictor_parser
 from predictors.__main__ import config_from_args as predictor_config
 from predictors.batcher import BatcherConfig
-from predictors.config import LimitsConfig, PredictorConfig
+from predictors.config import EngineConfig, LimitsConfig, PredictorConfig
 from serving.defaults import default_of
 from serving.limits import RequestLimits
 from serving.retry import RetryPolicy
@@ -69,7 +69,8 @@ def test_the_checker_finds_a_restated_default() -> None:
 def test_predictor_flags() -> None:
     required = ("--task", "embed", "--model_id", "all-minilm-l6-v2")
     values = defaults(predictor_parser(), *required)
-    assert mismatches(values, [PredictorConfig, BatcherConfig, LimitsConfig, RequestLimits], {"cache_dir"}) == []
+    assert mismatches(values, [PredictorConfig, BatcherConfig, LimitsConfig, EngineConfig, RequestLimits],
+                      {"cache_dir"}) == []
     assert {"max_batch_size", "load_wait_s", "max_instances", "max_request_bytes"} <= set(values)
     built = predictor_config(list(required), {"KZERO_CACHE_DIR": "/cache"})
     expected = PredictorConfig(task="embed", model_id="all-minilm-l6-v2", cache_dir="/cache")  # type: ignore[arg-type]

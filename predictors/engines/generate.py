@@ -28,6 +28,10 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token, up to ``max_new_tokens`` (benchmarks need fixed lengths)."""
+    min_tokens: int = 0
+    """The end-of-sequence token cannot end the text before this many tokens."""
 
     @property
     def greedy(self) -> bool:
@@ -66,7 +70,9 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
-class _Row:
+class Row:
+    """One request's output as its tokens arrive: limit, stop strings and stream (shared by both engines)."""
+
     def __init__(self, request: GenerationRequest) -> None:
         self.request = request
         self.tokens: list[int] = []
@@ -79,12 +85,49 @@ class _Row:
             self.request.on_text(self.text[self.sent : upto])
             self.sent = upto
 
+    @property
+    def _decodes(self) -> bool:
+        return bool(self.request.params.stop) or self.request.on_text is not None
+
+    def advance(self, token: int, decode: Callable[[list[int]], str], eos: set[int]) -> None:
+        """Take one generated token; sets ``finish`` when the row is done."""
+        params = self.request.params
+        if token in eos and not params.ignore_eos and len(self.tokens) >= params.min_tokens:
+            self.finish = "stop"
+            self.emit(len(self.text))
+            return
+        self.tokens.append(token)
+        if self._decodes:
+            self.text = decode(self.tokens)
+            cut = _stop_cut(self.text, params.stop)
+            if cut is not None:
+                self.text = self.text[:cut]
+                self.finish = "stop"
+                self.emit(cut)
+                return
+            self.emit(len(self.text) - _held_back(self.text, params.stop))
+        if len(self.tokens) >= params.max_new_tokens:
+            self.finish = "length"
+            if self._decodes:
+                self.emit(len(self.text))
+
+    def result(self, decode: Callable[[list[int]], str]) -> GenerationResult:
+        if not self._decodes:
+            self.text = decode(self.tokens)
+        self.emit(len(self.text))
+        return GenerationResult(
+            text=self.text,
+            finish_reason=self.finish or "length",
+            prompt_tokens=len(self.request.prompt_ids),
+            completion_tokens=len(self.tokens),
+        )
+
 
 class _RowTracker:
     """A transformers stopping criterion that finishes each row independently."""
 
     def __init__(self, requests: Sequence[GenerationRequest], decode: Callable[[list[int]], str], eos: set[int]):
-        self.rows = [_Row(r) for r in requests]
+        self.rows = [Row(r) for r in requests]
         self._decode = decode
         self._eos = eos
 
@@ -93,45 +136,11 @@ class _RowTracker:
 
         for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
             if row.finish is None:
-                self._advance(row, token)
+                row.advance(token, self._decode, self._eos)
         return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
 
-    def _advance(self, row: _Row, token: int) -> None:
-        params = row.request.params
-        if token in self._eos:
-            row.finish = "stop"
-            row.emit(len(row.text))
-            return
-        row.tokens.append(token)
-        if params.stop or row.request.on_text is not None:
-            row.text = self._decode(row.tokens)
-            cut = _stop_cut(row.text, params.stop)
-            if cut is not None:
-                row.text = row.text[:cut]
-                row.finish = "stop"
-                row.emit(cut)
-                return
-            row.emit(len(row.text) - _held_back(row.text, params.stop))
-        if len(row.tokens) >= params.max_new_tokens:
-            row.finish = "length"
-            if params.stop or row.request.on_text is not None:
-                row.emit(len(row.text))
-
     def results(self) -> list[GenerationResult]:
-        out = []
-        for row in self.rows:
-            if not (row.request.params.stop or row.request.on_text is not None):
-                row.text = self._decode(row.tokens)
-            row.emit(len(row.text))
-            out.append(
-                GenerationResult(
-                    text=row.text,
-                    finish_reason=row.finish or "length",
-                    prompt_tokens=len(row.request.prompt_ids),
-                    completion_tokens=len(row.tokens),
-                )
-            )
-        return out
+        return [row.result(self._decode) for row in self.rows]
 
 
 class GenerateEngine:
@@ -159,6 +168,26 @@ class GenerateEngine:
     def context_length(self) -> int:
         return int(getattr(self._model.config, "max_position_embeddings", 2048))
 
+    # What the continuous engine (``predictors.engines.continuous``) builds on.
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @property
+    def placement(self) -> Placement:
+        return self._placement
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return self._eos
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad
+
+    def decode(self, tokens: list[int]) -> str:
+        return self._decode(tokens)
+
     def encode_prompt(self, prompt: str) -> tuple[int, ...]:
         return tuple(self._tokenizer(prompt)["input_ids"])
 
@@ -170,9 +199,11 @@ class GenerateEngine:
 
     def batch_key(self, item: GenerationRequest) -> Hashable:
         params = item.params
+        # ``generate`` takes EOS and the minimum length per call, so they split batches like sampling does.
+        eos = (params.ignore_eos, params.min_tokens)
         if params.greedy:
-            return ("greedy",)
-        return ("sample", params.temperature, params.top_p, params.seed)
+            return ("greedy", *eos)
+        return ("sample", params.temperature, params.top_p, params.seed, *eos)
 
     def run_batch(self, items: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch
@@ -192,7 +223,8 @@ class GenerateEngine:
         config = GenerationConfig(
             max_new_tokens=max(item.params.max_new_tokens for item in items),
             pad_token_id=self._pad,
-            eos_token_id=sorted(self._eos),
+            eos_token_id=None if params.ignore_eos else sorted(self._eos),
+            min_new_tokens=params.min_tokens or None,
             **sampling,
         )
         tracker = _RowTracker(items, self._decode, self._eos)

@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeVar
 
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from predictors.config import LimitsConfig
+from predictors.config import EngineConfig, LimitsConfig
 from predictors.device import Placement
 from predictors.engines import Engine
 
@@ -37,8 +37,11 @@ class TaskAdapter(Protocol[In, Out]):
 TaskLoader = Callable[[Any, Placement, LimitsConfig], TaskAdapter[Any, Any]]
 
 
-def task_loaders() -> dict[str, TaskLoader]:
+def task_loaders(generation: EngineConfig | None = None) -> dict[str, TaskLoader]:
     from predictors.tasks.embed import EmbedTask
     from predictors.tasks.generate import GenerateTask
 
-    return {"embed": EmbedTask.load, "generate": GenerateTask.load}
+    def generate(path: Any, placement: Placement, limits: LimitsConfig) -> TaskAdapter[Any, Any]:
+        return GenerateTask.load(path, placement, limits, generation)
+
+    return {"embed": EmbedTask.load, "generate": generate}

@@ -10,8 +10,9 @@ import numpy as np
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from predictors.config import LimitsConfig
+from predictors.config import EngineConfig, LimitsConfig
 from predictors.device import Placement
+from predictors.engines.continuous import ContinuousGenerateEngine
 from predictors.engines.generate import (
     GenerateEngine,
     GenerationRequest,
@@ -36,6 +37,8 @@ class GenerationParameters(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**63)
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check_stop(self) -> GenerationParameters:
@@ -74,13 +77,25 @@ class GenerateInstance(BaseModel):
 
 
 class GenerateTask:
-    def __init__(self, engine: GenerateEngine, limits: LimitsConfig) -> None:
+    def __init__(self, engine: GenerateEngine | ContinuousGenerateEngine, limits: LimitsConfig) -> None:
         self.engine = engine
         self._limits = limits
 
     @classmethod
-    def load(cls, path: Path, placement: Placement, limits: LimitsConfig) -> GenerateTask:
-        return cls(GenerateEngine.load(path, placement), limits)
+    def load(
+        cls, path: Path, placement: Placement, limits: LimitsConfig, engine: EngineConfig | None = None
+    ) -> GenerateTask:
+        base = GenerateEngine.load(path, placement)
+        engine = engine or EngineConfig()
+        if engine.engine == "static":
+            return cls(base, limits)
+        return cls(ContinuousGenerateEngine.for_budget(
+            base, kv_cache_memory_gb=engine.kv_cache_memory_gb, max_num_seqs=engine.max_num_seqs,
+            max_batch_tokens=engine.max_batch_tokens, page_size=engine.kv_page_size), limits)
+
+    @property
+    def continuous(self) -> bool:
+        return isinstance(self.engine, ContinuousGenerateEngine)
 
     @property
     def max_instances(self) -> int:
@@ -91,12 +106,21 @@ class GenerateTask:
         max_new = parameters.max_new_tokens or min(self._limits.default_max_new_tokens, limit)
         if max_new > limit:
             raise InvalidInput(field_path(field, ("max_new_tokens",)), f"{max_new} exceeds the limit of {limit}")
+        if parameters.min_tokens > max_new:
+            raise InvalidInput(field_path(field, ("min_tokens",)),
+                               f"{parameters.min_tokens} is more than max_new_tokens ({max_new})")
+        if parameters.seed is not None and self.continuous:
+            # The running batch shares one random generator: a seed could not make a row reproducible.
+            raise InvalidInput(field_path(field, ("seed",)),
+                               "per-request seeds need the static engine (--engine static)")
         return SamplingParams(
             max_new_tokens=max_new,
             temperature=parameters.temperature,
             top_p=parameters.top_p,
             stop=parameters.stop_strings,
             seed=parameters.seed,
+            ignore_eos=parameters.ignore_eos,
+            min_tokens=parameters.min_tokens,
         )
 
     def encode(self, instance: GenerateInstance, field: str) -> tuple[int, ...]:
@@ -119,7 +143,14 @@ class GenerateTask:
         limit = min(self._limits.max_input_tokens, self.engine.context_length - params.max_new_tokens)
         if len(prompt_ids) > limit:
             raise InvalidInput(field, f"prompt has {len(prompt_ids)} tokens; the limit is {limit}")
-        return GenerationRequest(prompt_ids, params, on_text)
+        request = GenerationRequest(prompt_ids, params, on_text)
+        if isinstance(self.engine, ContinuousGenerateEngine):
+            needed, budget = self.engine.tokens_needed(request), self.engine.kv_cache_tokens
+            if needed > budget:
+                raise InvalidInput(field, f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens "
+                                          f"({params.max_new_tokens}) needs {needed} KV cache tokens; the cache "
+                                          f"(--kv_cache_memory_gb) holds {budget}")
+        return request
 
     def from_v1(self, body: Mapping[str, Any]) -> list[GenerationRequest]:
         instances = v1_instances(body, self._limits.max_instances)

@@ -1,0 +1,111 @@
+"""A predictor with ``--engine continuous`` (tiny random model) behind a real server process, called
+with real clients: the routes work on top of it, disconnects leave the batch, admission sheds load."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from serving.launch import PredictorProcess
+from tests.conftest import start_predictor
+from tests.predictors.metrics import scrape, value
+from tests.tiny_models import tiny_causal_lm
+
+NAME = "tinylm"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PredictorProcess]:
+    path = tiny_causal_lm(tmp_path_factory.mktemp("lm"))
+    args = ["--task", "generate", "--model_dir", str(path), "--engine", "continuous", "--max_num_seqs", "2",
+            "--max_queue", "2", "--kv_cache_memory_gb", "0.0002", "--kv_page_size", "16", "--max_new_tokens", "500"]
+    server = start_predictor(tmp_path_factory, NAME, args)
+    yield server
+    assert server.stop() == 0
+
+
+def metric(server: PredictorProcess, name: str, **labels: str) -> float:
+    return value(scrape(server.url), name, model=NAME, **labels) or 0.0
+
+
+async def until(condition, what: str) -> None:
+    """Wait for the server to get there (a bound against hangs, not a performance assertion)."""
+    for _ in range(3000):
+        if await asyncio.to_thread(condition):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_v1_v2_and_openai_routes_with_request_extras(server: PredictorProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+        body = {"instances": [{"prompt": "hello"}, {"prompt": "world"}],
+                "parameters": {"max_new_tokens": 9, "ignore_eos": True, "min_tokens": 2}}
+        response = await client.post(f"/v1/models/{NAME}:predict", json=body)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert [p["usage"]["completion_tokens"] for p in predictions] == [9, 9]
+        assert all(p["finish_reason"] == "length" for p in predictions)
+        v2 = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hello"]}],
+              "parameters": {"max_new_tokens": 5, "ignore_eos": True}}
+        response = await client.post(f"/v2/models/{NAME}/infer", json=v2)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["outputs"][0]["data"][0]) == 5  # one character per token
+        response = await client.post(f"/v1/models/{NAME}:predict",
+                                     json={"instances": ["hi"], "parameters": {"seed": 1}})
+        assert response.status_code == 400 and "parameters.seed" in response.json()["error"]
+        response = await client.post(f"/v1/models/{NAME}:predict",
+                                     json={"instances": ["hi"], "parameters": {"max_new_tokens": 450}})
+        assert response.status_code == 400 and "--kv_cache_memory_gb" in response.json()["error"]
+
+    api = openai.AsyncOpenAI(base_url=f"{server.url}/openai/v1", api_key="none")
+    stream = await api.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    text, usage = "", None
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert usage is not None and usage.completion_tokens == 6 and len(text) == 6
+    completion = await api.completions.create(model=NAME, prompt="abc", max_tokens=4, extra_body={"ignore_eos": True})
+    assert completion.usage is not None and completion.usage.completion_tokens == 4
+    assert completion.choices[0].finish_reason == "length"
+    samples = scrape(server.url)
+    for name in ("kzero_time_to_first_token_seconds_count", "kzero_time_per_output_token_seconds_count",
+                 "kzero_generation_duration_seconds_count"):
+        assert (value(samples, name, model=NAME) or 0) >= 4, name
+    assert (value(samples, "kzero_prompt_tokens_total", model=NAME) or 0) > 0
+    assert value(samples, "kzero_kv_cache_usage_ratio", model=NAME) is not None
+
+
+async def test_disconnects_leave_the_batch_and_a_full_batch_sheds_with_retry_after(server: PredictorProcess) -> None:
+    cancelled_before = metric(server, "kzero_cancelled_requests_total", reason="disconnect")
+    # 2 x (1 + 200) tokens fill the cache of 416 (26 pages of 16): the two rows still decode when the clients leave.
+    body = {"model": NAME, "prompt": "a", "max_tokens": 200, "stream": True, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+        streams = [client.stream("POST", "/openai/v1/completions", json=body) for _ in range(2)]
+        responses = [await s.__aenter__() for s in streams]
+        for response in responses:  # both are decoding: the batch (--max_num_seqs 2) is full
+            assert response.status_code == 200
+            assert (await response.aiter_lines().__anext__()).startswith("data: ")
+        waiting = asyncio.ensure_future(client.post(  # two more wait: as many as --max_queue
+            f"/v1/models/{NAME}:predict", json={"instances": ["x", "y"], "parameters": {"max_new_tokens": 3}}))
+        await until(lambda: metric(server, "kzero_generation_waiting") == 2, "the next two wait")
+        shed = await client.post(f"/v1/models/{NAME}:predict", json={"instances": ["z"]})
+        assert shed.status_code == 503 and int(shed.headers["retry-after"]) > 0
+        assert not waiting.done()
+        for stream in streams:  # the clients go away mid-generation
+            await stream.__aexit__(None, None, None)
+        done = await waiting  # they get slots once the disconnected rows left
+        assert done.status_code == 200
+        assert all(p["usage"]["completion_tokens"] <= 3 for p in done.json()["predictions"])
+    await until(lambda: metric(server, "kzero_cancelled_requests_total", reason="disconnect") == cancelled_before + 2,
+                "both disconnects are counted")
+    await until(lambda: metric(server, "kzero_generation_running") == 0
+                and metric(server, "kzero_kv_cache_usage_ratio") == 0, "their slots and blocks are free")
