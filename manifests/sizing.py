@@ -105,7 +105,7 @@ class Footprint(BaseModel):
             lines.append("KV cache  none (an encoder runs each input once)")
         context = f"{gib(CUDA_CONTEXT_BYTES)} CUDA context + " if self.on_gpu else ""
         lines.append(f"overhead  {context}{ACTIVATION_FRACTION:.0%} of weights and KV cache = {gib(self.overhead)}")
-        lines.append(f"total     {gib(self.total)} on the {where}; container memory request {self.memory_request}")
+        lines.append(f"total     {gib(self.total)} on the {where}; container memory at least {self.memory_request}")
         return lines
 
 
