@@ -51,10 +51,12 @@ class SamplingBody(OpenAIBody):
     # Extras vLLM's OpenAI server accepts too: fixed output lengths for benchmarks, a floor on the length.
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
 
     def parameters(self, max_tokens: int | None) -> dict[str, Any]:
         return {"max_new_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "stop": self.stop, "seed": self.seed, "ignore_eos": self.ignore_eos, "min_tokens": self.min_tokens}
+                "stop": self.stop, "seed": self.seed, "ignore_eos": self.ignore_eos, "min_tokens": self.min_tokens,
+                "repetition_penalty": self.repetition_penalty}
 
 
 class CompletionBody(SamplingBody):

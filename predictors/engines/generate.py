@@ -32,6 +32,8 @@ class SamplingParams:
     """Keep generating past the end-of-sequence token, up to ``max_new_tokens`` (benchmarks need fixed lengths)."""
     min_tokens: int = 0
     """The end-of-sequence token cannot end the text before this many tokens."""
+    repetition_penalty: float = 1.0
+    """transformers' repetition penalty over the prompt and the text so far (1.0: none)."""
 
     @property
     def greedy(self) -> bool:
@@ -199,8 +201,8 @@ class GenerateEngine:
 
     def batch_key(self, item: GenerationRequest) -> Hashable:
         params = item.params
-        # ``generate`` takes EOS and the minimum length per call, so they split batches like sampling does.
-        eos = (params.ignore_eos, params.min_tokens)
+        # ``generate`` takes EOS, the minimum length and the penalty per call: they split batches like sampling.
+        eos = (params.ignore_eos, params.min_tokens, params.repetition_penalty)
         if params.greedy:
             return ("greedy", *eos)
         return ("sample", params.temperature, params.top_p, params.seed, *eos)
@@ -225,6 +227,7 @@ class GenerateEngine:
             pad_token_id=self._pad,
             eos_token_id=None if params.ignore_eos else sorted(self._eos),
             min_new_tokens=params.min_tokens or None,
+            repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
             **sampling,
         )
         tracker = _RowTracker(items, self._decode, self._eos)

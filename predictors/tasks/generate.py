@@ -39,6 +39,7 @@ class GenerationParameters(BaseModel):
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
 
     @model_validator(mode="after")
     def _check_stop(self) -> GenerationParameters:
@@ -113,6 +114,10 @@ class GenerateTask:
             # The running batch shares one random generator: a seed could not make a row reproducible.
             raise InvalidInput(field_path(field, ("seed",)),
                                "per-request seeds need the static engine (--engine static)")
+        if parameters.repetition_penalty != 1.0 and self.continuous:
+            # transformers' per-request processors see scores only, not each row's earlier tokens.
+            raise InvalidInput(field_path(field, ("repetition_penalty",)),
+                               "a repetition penalty needs the static engine (--engine static)")
         return SamplingParams(
             max_new_tokens=max_new,
             temperature=parameters.temperature,
@@ -121,6 +126,7 @@ class GenerateTask:
             seed=parameters.seed,
             ignore_eos=parameters.ignore_eos,
             min_tokens=parameters.min_tokens,
+            repetition_penalty=parameters.repetition_penalty,
         )
 
     def encode(self, instance: GenerateInstance, field: str) -> tuple[int, ...]:

@@ -139,6 +139,9 @@ def test_admission_by_tokens_and_unsupported_settings_are_400(lm_path: Path) -> 
     with pytest.raises(InvalidInput, match="static engine") as err:
         task.sampling(GenerationParameters(seed=3))
     assert err.value.field == "parameters.seed"
+    with pytest.raises(InvalidInput, match="static engine") as err:
+        task.sampling(GenerationParameters(repetition_penalty=1.3))
+    assert err.value.field == "parameters.repetition_penalty"
     with pytest.raises(InvalidInput, match="more than max_new_tokens") as err:
         task.sampling(GenerationParameters(max_new_tokens=4, min_tokens=5))
     assert err.value.field == "parameters.min_tokens"
@@ -156,3 +159,11 @@ def test_the_static_engine_honours_ignore_eos_and_min_tokens(lm_path: Path) -> N
     assert stopped.finish_reason == "stop" and stopped.completion_tokens == 2
     assert ignored.completion_tokens == 12 and ignored.finish_reason == "length"
     assert floored.completion_tokens >= 6
+
+
+def test_the_static_engine_applies_a_per_request_repetition_penalty(lm_path: Path) -> None:
+    static = GenerateEngine.load(lm_path, resolve_placement("cpu", "float32"))
+    ids = static.encode_prompt("hello")
+    plain = static.run_batch([GenerationRequest(ids, SamplingParams(max_new_tokens=24))])[0]
+    penalised = static.run_batch([GenerationRequest(ids, SamplingParams(max_new_tokens=24, repetition_penalty=2.0))])[0]
+    assert len(set(plain.text)) < len(set(penalised.text))  # the random model loops; the penalty breaks the loop
