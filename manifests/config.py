@@ -97,6 +97,12 @@ class Profile(_Model):
             raise ValueError(f"scale_down_delay {self.scale_down_delay!r} must be at most 1h (Knative's bound)")
         return self
 
+    @model_validator(mode="after")
+    def _gpu_on_a_gpu_device(self) -> Profile:
+        if self.gpu is not None and self.device == "cpu":
+            raise ValueError(f"gpu {self.gpu.product!r} is named for a profile whose device is cpu")
+        return self
+
 
 def _cpu_profile() -> Profile:
     return Profile(device="cpu", dtype="float32", resources=Resources(cpu="2", memory="4Gi"),

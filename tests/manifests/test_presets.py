@@ -157,6 +157,8 @@ def test_a_named_gpu_needs_known_memory_and_is_checked() -> None:
     assert config.profile("gpu").node_selector[GPU_PRODUCT_LABEL] == "NVIDIA-B200"
     with pytest.raises(ValidationError, match="does not fit one Tesla-T4 \\(the GPU the config names"):
         DeployConfig.model_validate(_config(LLAMA, profiles={"gpu": {"gpu": {"product": "Tesla-T4"}}}))
+    with pytest.raises(ValidationError, match="'NVIDIA-L4' is named for a profile whose device is cpu"):
+        DeployConfig.model_validate(_config(LLAMA, profiles={"cpu": {"gpu": {"product": "NVIDIA-L4"}}}))
 
 
 def test_the_overlays_carry_the_sizing() -> None:
@@ -182,6 +184,10 @@ def test_sizing_raises_the_memory_request_never_lowers_it() -> None:
     without = DeployConfig.model_validate(_config({"model_name": "smol", "task": "generate",
                                                    "model_id": "smollm2-135m-instruct"}))
     assert without.profile("gpu") == without.profiles.gpu  # no preset, no GPU named: as configured
+    named = DeployConfig.model_validate(_config(without.predictor.model_dump(exclude_none=True),
+                                                profiles={"gpu": {"gpu": {"product": "NVIDIA-A10G"}}}))
+    assert named.profile("gpu").node_selector[GPU_PRODUCT_LABEL] == "NVIDIA-A10G"  # named: selected, not sized
+    assert named.profile("gpu").resources == named.profiles.gpu.resources
 
 
 RUN = [sys.executable, "-m", "manifests"]
