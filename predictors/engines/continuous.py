@@ -69,7 +69,17 @@ def _request_mask_class() -> type:
         ignored_kwargs: tuple[str, ...] = ()
 
         def __init__(self, eos: Sequence[int]) -> None:
-            self.eos = torch.tensor(sorted(eos), dtype=torch.long)
+            self.eos = sorted(eos)
+            self._eos_mask: torch.Tensor | None = None
+
+        def _eos_columns(self, scores: torch.Tensor) -> torch.Tensor:
+            # Built on the first (uncaptured) call and reused: no host-to-device copy inside a CUDA graph.
+            mask = self._eos_mask
+            if mask is None or mask.device != scores.device or mask.numel() != scores.size(-1):
+                mask = torch.zeros(scores.size(-1), dtype=torch.bool, device=scores.device)
+                mask[[e for e in self.eos if e < scores.size(-1)]] = True
+                self._eos_mask = mask
+            return mask
 
         def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
             int32_tensor.fill_(0)
@@ -86,9 +96,7 @@ def _request_mask_class() -> type:
         def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
             arg = tensor_arg[: scores.size(0)]
             short = (arg >= 2).unsqueeze(-1)
-            eos = torch.zeros(scores.size(-1), dtype=torch.bool, device=scores.device)
-            eos[self.eos.to(scores.device)] = True
-            scores = scores.masked_fill(short & eos, float("-inf"))
+            scores = scores.masked_fill(short & self._eos_columns(scores), float("-inf"))
             greedy = (arg % 2 == 1).unsqueeze(-1)
             best = scores.argmax(dim=-1, keepdim=True)
             keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, best, True)

@@ -47,3 +47,23 @@ async def test_gpu_server_batches_generation(tmp_path_factory: pytest.TempPathFa
         assert batch_histogram(server.url, "smol").multi > before.multi
     finally:
         assert server.stop() == 0
+
+
+async def test_gpu_continuous_engine_serves_64_concurrent_streams(
+    tmp_path_factory: pytest.TempPathFactory, model_cache
+) -> None:
+    """The CUDA path of ``--engine continuous``: 64 requests share the running batch and each gets its length."""
+    args = ["--task", "generate", "--model_id", "smollm2-135m-instruct", "--device", "cuda", "--engine", "continuous",
+            "--cache_dir", str(model_cache), "--max_num_seqs", "64", "--kv_cache_memory_gb", "2"]
+    server = start_predictor(tmp_path_factory, "smol", args)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            bodies = [{"instances": [{"prompt": "The capital of France is"}],
+                       "parameters": {"max_new_tokens": 8 + i, "ignore_eos": True}} for i in range(64)]
+            responses = await asyncio.gather(*(client.post("/v1/models/smol:predict", json=b) for b in bodies))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:1]
+        counts = [r.json()["predictions"][0]["usage"]["completion_tokens"] for r in responses]
+        assert counts == [8 + i for i in range(64)]
+        assert "Paris" in responses[0].json()["predictions"][0]["text"]
+    finally:
+        assert server.stop() == 0
