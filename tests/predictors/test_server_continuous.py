@@ -109,3 +109,25 @@ async def test_disconnects_leave_the_batch_and_a_full_batch_sheds_with_retry_aft
                 "both disconnects are counted")
     await until(lambda: metric(server, "kzero_generation_running") == 0
                 and metric(server, "kzero_kv_cache_usage_ratio") == 0, "their slots and blocks are free")
+
+
+async def test_a_cancelled_grpc_call_leaves_the_batch(server: PredictorProcess) -> None:
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    cancelled_before = metric(server, "kzero_cancelled_requests_total", reason="disconnect")
+    text = pb.ModelInferRequest.InferInputTensor(
+        name="text", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[b"a"]))
+    request = pb.ModelInferRequest(model_name=NAME, inputs=[text], parameters={
+        "max_new_tokens": pb.InferParameter(int64_param=400), "ignore_eos": pb.InferParameter(bool_param=True)})
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+        await until(lambda: metric(server, "kzero_generation_running") == 1, "the call decodes")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await until(lambda: metric(server, "kzero_cancelled_requests_total", reason="disconnect") == cancelled_before + 1,
+                "the cancel is counted")
+    await until(lambda: metric(server, "kzero_generation_running") == 0
+                and metric(server, "kzero_kv_cache_usage_ratio") == 0, "its slot and blocks are free")
