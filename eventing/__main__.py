@@ -36,6 +36,7 @@ from events.errors import MalformedEvent
 from events.kafka_binding import Mode
 from observability.logs import LogConfig, setup_logging
 from observability.telemetry import Telemetry, setup_telemetry
+from serving.auth import add_api_keys_argument
 from serving.client import WireProtocol
 from serving.defaults import default_of
 from serving.errors import InvalidInput, Unavailable
@@ -129,7 +130,65 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--job-id", required=True)
     y.add_argument("--code", help="only dead letters with this error code")
     y.add_argument("--mode", default="binary", choices=["binary", "structured"])
+
+    b = sub.add_parser("batch-api", help="serve OpenAI's Batch API (/v1/files, /v1/batches) over these topics")
+    _bootstrap(b)
+    b.add_argument("--model", action="append", required=True, metavar="NAME=TOPIC", dest="models",
+                   help="a body.model of input lines and the request topic of its worker (repeat per model)")
+    b.add_argument("--data-dir", type=Path, required=True, help="files, batch state and output files")
+    b.add_argument("--host", default=_batch_default("host"))
+    b.add_argument("--port", type=int, default=_batch_default("port"))
+    b.add_argument("--results-topic", default=_batch_default("results_topic"))
+    b.add_argument("--dlq-topic", default=_batch_default("dlq_topic"))
+    b.add_argument("--group", default=_batch_default("group"), help="the results consumer's group")
+    b.add_argument("--max-file-bytes", "--max_file_bytes", type=int, default=_batch_default("max_file_bytes"),
+                   help="an upload over this is refused with 413")
+    b.add_argument("--send-chunk", type=int, default=_batch_default("send_chunk"),
+                   help="lines sent between two saves of a batch's progress")
+    b.add_argument("--completion-check-s", type=float, default=_batch_default("tick_s"), dest="tick_s",
+                   help="how often batches advance when there is nothing to send")
+    add_api_keys_argument(b)
     return p
+
+
+def _batch_default(field: str) -> Any:
+    from eventing.batch_api.config import BatchApiConfig
+
+    return default_of(BatchApiConfig, field)
+
+
+def batch_api_config(args: argparse.Namespace, security: KafkaSecurity) -> Any:
+    from eventing.batch_api.config import BatchApiConfig
+
+    models = {}
+    for item in args.models:
+        name, sep, topic = item.partition("=")
+        if not sep or not name or not topic:
+            raise InvalidInput("--model", f"expected NAME=TOPIC, got {item!r}")
+        models[name] = topic
+    return BatchApiConfig(
+        bootstrap_servers=args.bootstrap_servers, security=security, data_dir=args.data_dir, models=models,
+        results_topic=args.results_topic, dlq_topic=args.dlq_topic, group=args.group, host=args.host, port=args.port,
+        max_file_bytes=args.max_file_bytes, send_chunk=args.send_chunk, tick_s=args.tick_s,
+    )
+
+
+def _batch_api(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecurity) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from eventing.batch_api.metrics import BatchMetrics
+    from eventing.batch_api.service import serve
+    from serving.auth import ApiKeys, AuthConfig
+
+    config = batch_api_config(args, security)
+    try:
+        keys = ApiKeys.from_config(AuthConfig.from_sources(os.environ, args.api_keys_file))
+    except ValueError as err:
+        print(f"python -m eventing batch-api: {err}", file=sys.stderr)
+        return 2
+    registry = CollectorRegistry()
+    metrics = BatchMetrics(telemetry.meter(INSTRUMENTATION), registry)
+    return serve(config, keys, telemetry.tracer(INSTRUMENTATION), metrics, registry)
 
 
 def worker_config(args: argparse.Namespace, security: KafkaSecurity, api_key: SecretStr | None) -> WorkerConfig:
@@ -270,7 +329,8 @@ def _replay(args: argparse.Namespace, telemetry: Telemetry, security: KafkaSecur
     return 0
 
 
-COMMANDS: dict[str, Any] = {"worker": _worker, "submit": _submit, "results": _results, "replay": _replay}
+COMMANDS: dict[str, Any] = {"worker": _worker, "submit": _submit, "results": _results, "replay": _replay,
+                            "batch-api": _batch_api}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

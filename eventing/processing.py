@@ -17,7 +17,7 @@ from opentelemetry.trace import Link, Status, StatusCode
 
 from eventing.calls import Call, plan, split, traced_body
 from events.errors import BAD_RESPONSE, REJECTED, UNAUTHORIZED, UNAVAILABLE
-from events.event import Event, validate_request
+from events.event import OPENAI_URL, Event, validate_openai_request, validate_request
 from observability import propagation
 from observability import semconv as sc
 from serving.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
@@ -38,6 +38,11 @@ class Failure:
 
 
 Outcome = Success | Failure
+
+
+class OpenAIRequest(dict[str, Any]):
+    """A validated request event for an OpenAI route: ``{"url": ..., "body": ...}``. A type of its own so
+    that no v1 body, whatever its keys, is ever taken for one."""
 
 
 class EventHandler(Protocol):
@@ -79,14 +84,23 @@ class Processor:
         self._on_retry = on_retry
 
     def validate(self, event: Event) -> dict[str, Any]:
+        if event.get(OPENAI_URL) is not None:
+            url, body = validate_openai_request(event)
+            return OpenAIRequest(url=url, body=body)
         return validate_request(event)
 
     async def process(
         self, requests: Sequence[dict[str, Any]], headers: Sequence[Mapping[str, str]] | None = None
     ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(requests)
-        calls = plan(requests, self._max_instances)
-        await asyncio.gather(*(self._run(call, requests, outcomes, headers) for call in calls))
+        v1 = [i for i, r in enumerate(requests) if not isinstance(r, OpenAIRequest)]
+        # Indexes of ``calls`` members are into ``requests``: the v1 ones are planned apart, mapped back.
+        calls = [Call(c.body, tuple(v1[m] for m in c.members), c.counts)
+                 for c in plan([requests[i] for i in v1], self._max_instances)]
+        # OpenAI requests go one per call, concurrently: the server's own batcher merges them.
+        openai = [self._run_openai(i, r, outcomes, headers) for i, r in enumerate(requests)
+                  if isinstance(r, OpenAIRequest)]
+        await asyncio.gather(*(self._run(call, requests, outcomes, headers) for call in calls), *openai)
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -156,6 +170,39 @@ class Processor:
         finally:
             for span in spans:
                 span.end()
+
+    async def _run_openai(
+        self, index: int, request: dict[str, Any], outcomes: list[Outcome | None],
+        headers: Sequence[Mapping[str, str]] | None,
+    ) -> None:
+        url, body = request["url"], request["body"]
+        parent = propagation.extract(headers[index]) if headers else otel_context.get_current()
+        attributes = {sc.KZERO_MODEL: self._model, sc.KZERO_BATCH_SIZE: 1, sc.KZERO_ITEMS: 1}
+        span = self._tracer.start_span(f"openai {url}", context=parent, attributes=attributes)
+        call = getattr(self._client, "openai", None)
+        try:
+            if call is None:  # the in-process client speaks v1 only
+                raise PermanentCallError(f"{url}: this worker's protocol carries v1 requests only", status=400)
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                response, attempts = await call_with_retries(
+                    lambda: call(url, body, propagation.inject()), self._policy,
+                    on_retry=lambda attempt, error: self._retried([span], attempt, error))
+            span.set_attribute(sc.KZERO_ATTEMPT, attempts)
+        except CallFailed as err:
+            kind = str(err.status or type(err).__name__)
+            span.set_attributes({sc.KZERO_ATTEMPT: err.attempts, sc.ERROR_TYPE: kind})
+            span.set_status(Status(StatusCode.ERROR, kind))
+            code = (UNAUTHORIZED if isinstance(err, Unauthorized) else REJECTED if isinstance(err, PermanentCallError)
+                    else UNAVAILABLE)
+            outcomes[index] = Failure(code, str(err), err.attempts)
+            return
+        finally:
+            span.end()
+        if not isinstance(response, dict):
+            outcomes[index] = Failure(BAD_RESPONSE, f"{url} answered {type(response).__name__}, not an object",
+                                      attempts)
+            return
+        outcomes[index] = Success(response, attempts)
 
     def _retried(self, spans: Sequence[trace.Span], attempt: int, error: TransientCallError) -> None:
         attributes = {sc.KZERO_ATTEMPT: attempt, sc.ERROR_TYPE: str(error.status or type(error).__name__)}

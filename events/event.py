@@ -26,6 +26,10 @@ ERROR_TYPE = "dev.kzero.inference.error"
 DOCUMENT_UPSERT_TYPE = "dev.kzero.document.upsert"
 DOCUMENT_DELETE_TYPE = "dev.kzero.document.delete"
 KNATIVE_KAFKA_TYPE = "dev.knative.kafka.event"
+# A request event with this extension carries an OpenAI request body for that route (not a v1 body);
+# its result carries the OpenAI response body. The batch API sends these.
+OPENAI_URL = "openaiurl"
+OPENAI_URLS = ("/v1/embeddings", "/v1/chat/completions", "/v1/completions")
 JSON = "application/json"
 # The JSON event format's media type; both bindings use it for structured mode.
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
@@ -191,6 +195,29 @@ def validate_request(event: Event) -> dict[str, Any]:
     if "parameters" in data and not isinstance(data["parameters"], dict):
         raise MalformedEvent("data.parameters", "must be a JSON object")
     return data
+
+
+def openai_request_event(
+    url: str, body: dict[str, Any], *, source: str, id: str, jobid: str | None = None,
+    partitionkey: str | None = None,
+) -> Event:
+    """A request for an OpenAI route (one of ``OPENAI_URLS``) with its OpenAI body as the data."""
+    return new_event(REQUEST_TYPE, source, body, id=id, jobid=jobid, partitionkey=partitionkey,
+                     **{OPENAI_URL: url})
+
+
+def validate_openai_request(event: Event) -> tuple[str, dict[str, Any]]:
+    """The route and OpenAI body of a request event carrying ``openaiurl``, checked."""
+    if event.type != REQUEST_TYPE:
+        raise MalformedEvent("type", f"expected {REQUEST_TYPE!r}, got {event.type!r}")
+    url = event.get(OPENAI_URL)
+    if url not in OPENAI_URLS:
+        raise MalformedEvent(OPENAI_URL, f"must be one of {', '.join(OPENAI_URLS)}, got {url!r}")
+    if not isinstance(event.data, dict):
+        raise MalformedEvent("data", "must be a JSON object: the OpenAI request body")
+    if event.data.get("stream"):
+        raise MalformedEvent("data.stream", "a request event cannot be streamed")
+    return url, event.data
 
 
 def _copied(event: Event, names: tuple[str, ...]) -> dict[str, str | None]:

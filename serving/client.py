@@ -37,6 +37,7 @@ from serving.errors import ServingError
 WireProtocol = Literal["v1", "v2", "grpc-v2"]  # how a client calls a predictor
 FORWARDED_HEADERS = ("x-request-id",)
 GRPC_SERVICE = "inference.GRPCInferenceService"
+OPENAI_PREFIX = "/openai"  # where predictors and transformers serve OpenAI's /v1 routes
 
 
 class CallFailed(ServingError):
@@ -76,6 +77,11 @@ def bearer_headers(api_key: SecretStr | None) -> dict[str, str]:
 class PredictorClient(Protocol):
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         """One attempt; a v1 request body in, a v1 response body out."""
+        ...
+
+    async def openai(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
+        """One attempt at an OpenAI route (``url`` as ``/v1/embeddings``, served under ``/openai``):
+        the OpenAI request body in, the OpenAI response body out."""
         ...
 
     async def close(self) -> None: ...
@@ -181,7 +187,9 @@ class _HttpClient:
 
     async def _post(self, route: str, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> dict:
         """POST ``body`` to ``route`` (a template with ``{model_name}``) for ``model``."""
-        path = route.format(model_name=model)
+        return await self._send(route, route.format(model_name=model), body, headers)
+
+    async def _send(self, route: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None) -> dict:
         with client_span(self._tracer, f"POST {route}", http_attributes(self._base_url + path), headers) as (
             span, outgoing
         ):
@@ -192,6 +200,10 @@ class _HttpClient:
             span.set_attribute(semconv.HTTP_STATUS, response.status_code)
             raise_for_status(response.status_code, response.headers, response.text, self._base_url, self._api_key)
             return response.json()
+
+    async def openai(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
+        path = OPENAI_PREFIX + url
+        return await self._send(path, path, body, headers)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -296,6 +308,9 @@ class GrpcV2Client:
 
         decoded = InferResponse.from_grpc(response)
         return {"predictions": v2_outputs_to_predictions([(o.name, o.as_numpy()) for o in decoded.outputs])}
+
+    async def openai(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
+        raise PermanentCallError(f"{url}: OpenAI requests go over HTTP; this worker calls gRPC v2", status=400)
 
     async def close(self) -> None:
         if self._channel is not None:
