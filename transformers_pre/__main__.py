@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.defaults import default_of
     from serving.limits import add_limit_arguments
     from transformers_pre.config import TransformerConfig
+    from transformers_pre.index import IndexConfig
     from transformers_pre.store import SearchMode
 
     def default(field: str) -> Any:
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_score", type=float, default=default("min_score"),
                    help="drop passages below this cosine similarity")
     p.add_argument("--search_mode", default=default("search_mode"), choices=get_args(SearchMode))
+    p.add_argument("--nprobe", type=int, default=default_of(IndexConfig, "nprobe"),
+                   help="cells an IVF_FLAT search scans; default: %(default)s")
+    p.add_argument("--ef", type=int, default=default_of(IndexConfig, "ef"),
+                   help="candidates an HNSW search keeps; default: %(default)s")
     p.add_argument("--max_new_tokens", type=int, default=default("max_new_tokens"))
     p.add_argument("--chain_config", type=Path, help="YAML: {steps: [{name, options}, ...]}")
     p.add_argument("--load_wait_s", type=float, default=default("load_wait_s"))
@@ -67,6 +72,7 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     from serving.limits import limits_from_args
     from transformers_pre.config import ChainConfig, TransformerConfig
     from transformers_pre.filters import parse_fields
+    from transformers_pre.index import IndexConfig
 
     args = build_parser().parse_args(argv)
     listed = None if args.collections is None else args.collections.split(",")
@@ -80,6 +86,7 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         embedder_protocol=args.embedder_protocol, milvus_uri=args.milvus_uri,
         allow_raw_filter=args.allow_raw_filter, **defaulted,
         top_k=args.top_k, min_score=args.min_score, search_mode=args.search_mode, max_new_tokens=args.max_new_tokens,
+        index=IndexConfig(nprobe=args.nprobe, ef=args.ef),
         chain=ChainConfig.from_yaml(args.chain_config) if args.chain_config else ChainConfig(),
         http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc, load_wait_s=args.load_wait_s,
         request_limits=limits_from_args(args),

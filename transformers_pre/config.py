@@ -13,6 +13,7 @@ from serving.client import WireProtocol
 from serving.limits import RequestLimits
 from serving.retry import RetryPolicy
 from transformers_pre.filters import DEFAULT_FILTER_FIELDS, FieldType, check_fields
+from transformers_pre.index import IndexConfig
 from transformers_pre.store import SearchMode
 
 
@@ -59,6 +60,7 @@ class TransformerConfig(BaseModel):
     max_top_k: int = Field(default=20, ge=1, le=100)
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
     search_mode: SearchMode = "dense"
+    index: IndexConfig = Field(default=IndexConfig(), description="only its search parameters apply here")
     max_question_chars: int = Field(default=2000, ge=1)
     max_new_tokens: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)

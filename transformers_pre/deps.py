@@ -22,7 +22,7 @@ async def build_deps(config: TransformerConfig, tracer: trace.Tracer, metrics: S
         embedder_client, config.embedder, config.embedder_protocol, config.request_timeout_s, tracer,
         config.predictor_api_key)
     embedder = await ClientEmbedder(client, model, config.retry, on_retry=lambda *_: metrics.retried(model)).start()
-    store = await asyncio.to_thread(VectorStore.connect, config.milvus_uri, config.collection)
+    store = await asyncio.to_thread(VectorStore.connect, config.milvus_uri, config.collection, config.index)
     target = config.predictor_host if config.predictor_protocol == "grpc-v2" else config.predictor_url
     predictor = make_client(config.predictor_protocol, target, config.request_timeout_s, tracer,
                             config.predictor_api_key)

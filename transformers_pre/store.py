@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from transformers_pre.errors import BadRequest, StoreUnavailable, UnknownCollection
+from transformers_pre.index import IndexConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +65,19 @@ class Passage:
 
 
 class VectorStore:
-    def __init__(self, client: Any, collection: str, uri: str = "") -> None:
+    def __init__(self, client: Any, collection: str, uri: str = "", index: IndexConfig | None = None) -> None:
         self._client = client
         self.collection = collection
         self._uri = uri
-        self._loaded: set[str] = set()
+        self._index = index or IndexConfig()
+        self._search_params: dict[str, dict[str, Any]] = {}  # per loaded collection, for the index it has
 
     @classmethod
-    def connect(cls, uri: str, collection: str) -> VectorStore:
+    def connect(cls, uri: str, collection: str, index: IndexConfig | None = None) -> VectorStore:
         from pymilvus import MilvusClient
 
         try:
-            return cls(MilvusClient(uri), collection, uri)
+            return cls(MilvusClient(uri), collection, uri, index)
         except Exception as err:
             raise StoreUnavailable(f"cannot reach Milvus at {uri}: {err}") from err
 
@@ -99,20 +101,24 @@ class VectorStore:
         schema.add_function(Function(name="bm25", function_type=FunctionType.BM25,
                                      input_field_names=["text"], output_field_names=["sparse"]))
         index = self._client.prepare_index_params()
-        index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+        # Nested under "params" (one JSON value, as older clients sent it): Milvus Lite reads build
+        # parameters only from there and ignores the top-level keys this client flattens a dict into.
+        index.add_index("vector", index_type=self._index.index_type, metric_type="COSINE",
+                        params={"params": self._index.build_params()})
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self._call(self._client.create_collection, self.collection, schema=schema, index_params=index)
-        log.info("created collection %s (dim %d)", self.collection, dim)
+        log.info("created collection %s (dim %d, %s index)", self.collection, dim, self._index.index_type)
 
     def load(self, collection: str | None = None) -> None:
         """Load a collection into memory for search (a reopened Milvus collection starts released)."""
         name = collection or self.collection
-        if name in self._loaded:
+        if name in self._search_params:
             return
         if not self.exists(name):
             raise UnknownCollection(name)
         self._call(self._client.load_collection, name)
-        self._loaded.add(name)
+        built = self._call(self._client.describe_index, name, "vector") or {}
+        self._search_params[name] = {"params": self._index.search_params(str(built.get("index_type", "")))}
 
     def document_hash(self, doc_id: str) -> str | None:
         return self.document_hashes([doc_id]).get(doc_id)
@@ -182,7 +188,8 @@ class VectorStore:
                 hits = self._hybrid(name, vector, query_text, top_k, filter)
             else:
                 hits = self._client.search(name, data=[vector.astype(np.float32).tolist()], anns_field="vector",
-                                           limit=top_k, filter=filter, output_fields=_FIELDS)[0]
+                                           limit=top_k, filter=filter, output_fields=_FIELDS,
+                                           search_params=self._search_params[name])[0]
         except Exception as err:
             raise self._classify(err, filter) from err
         passages = [
@@ -197,7 +204,8 @@ class VectorStore:
     def _hybrid(self, name: str, vector: np.ndarray, text: str, top_k: int, expression: str) -> list[dict[str, Any]]:
         from pymilvus import AnnSearchRequest, RRFRanker
 
-        dense = AnnSearchRequest(data=[vector.astype(np.float32).tolist()], anns_field="vector", param={},
+        dense = AnnSearchRequest(data=[vector.astype(np.float32).tolist()], anns_field="vector",
+                                 param=self._search_params[name],
                                  limit=top_k * 2, expr=expression or None)
         sparse = AnnSearchRequest(data=[text], anns_field="sparse", param={}, limit=top_k * 2, expr=expression or None)
         return self._client.hybrid_search(name, [dense, sparse], ranker=RRFRanker(), limit=top_k,

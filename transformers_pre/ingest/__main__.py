@@ -27,6 +27,7 @@ from serving.defaults import default_of
 from serving.errors import InvalidInput, Unavailable
 from serving.kserve_import import import_kserve
 from transformers_pre.embedder import ClientEmbedder, embedder_client
+from transformers_pre.index import IndexConfig, IndexType
 from transformers_pre.ingest.chunking import Chunker
 from transformers_pre.ingest.config import IngestConfig
 from transformers_pre.ingest.pipeline import IngestSummary, delete, ingest
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap_tokens", type=int, default=_default("overlap_tokens"), help="default: %(default)s")
     p.add_argument("--batch_size", type=int, default=_default("batch_size"),
                    help="chunks per embedder call; default: %(default)s")
+    p.add_argument("--index_type", default=default_of(IndexConfig, "index_type"), choices=get_args(IndexType),
+                   help="dense index of a collection this creates; default: %(default)s")
+    p.add_argument("--nlist", type=int, default=default_of(IndexConfig, "nlist"),
+                   help="IVF_FLAT cells; default: %(default)s")
+    p.add_argument("--hnsw_m", type=int, default=default_of(IndexConfig, "hnsw_m"),
+                   help="HNSW graph degree; default: %(default)s")
+    p.add_argument("--ef_construction", type=int, default=default_of(IndexConfig, "ef_construction"),
+                   help="HNSW build-time candidates; default: %(default)s")
     p.add_argument("--delete", action="append", default=[], metavar="DOC_ID",
                    help="remove a document (repeatable); applied before PATHs are ingested")
     p.add_argument("--no_progress", action="store_true")
@@ -68,7 +77,9 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
     return IngestConfig(milvus_uri=args.milvus_uri or "", collection=args.collection, embedder=args.embedder,
                         embedder_protocol=args.embedder_protocol, tokenizer=args.tokenizer,
                         chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens,
-                        batch_size=args.batch_size, progress=not args.no_progress)
+                        batch_size=args.batch_size, progress=not args.no_progress,
+                        index=IndexConfig(index_type=args.index_type, nlist=args.nlist, hnsw_m=args.hnsw_m,
+                                          ef_construction=args.ef_construction))
 
 
 async def run(
@@ -84,7 +95,7 @@ async def run(
         chunker = Chunker.load(config.chunking_model, config.chunk_tokens, config.overlap_tokens)
     if "://" not in config.milvus_uri:
         Path(config.milvus_uri).parent.mkdir(parents=True, exist_ok=True)
-    store = VectorStore.connect(config.milvus_uri, config.collection)
+    store = VectorStore.connect(config.milvus_uri, config.collection, config.index)
     try:
         deleted = await delete(store, deletes)
         if chunker is not None:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.client import WireProtocol
 from serving.packaged import PACKAGED_MODELS
+from transformers_pre.index import IndexConfig
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_OVERLAP_TOKENS = 32
@@ -28,6 +29,7 @@ class IngestConfig(BaseModel):
     overlap_tokens: int = Field(default=DEFAULT_OVERLAP_TOKENS, ge=0)
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, description="chunks per embedder call")
     progress: bool = True
+    index: IndexConfig = IndexConfig()
 
     @property
     def chunking_model(self) -> str:

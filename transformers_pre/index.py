@@ -1,0 +1,47 @@
+"""Which vector index a collection is built with, and how a search walks it.
+
+The default is chosen by measurement (bench/rag.py, docs/benchmarks.md). Milvus Lite builds a
+segment's index in a background thread after each flush and after each compaction, and closing
+the file waits for those builds: HNSW (what AUTOINDEX means there) spent about a minute of that per
+100,000 chunks, an IVF_FLAT index a fraction of it. Search time in Milvus Lite is dominated by its
+per-row bookkeeping, which is the same for every index type, so the cheaper build costs nothing at
+query time. A Milvus server takes the same names and parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+IndexType = Literal["IVF_FLAT", "HNSW", "FLAT", "AUTOINDEX"]
+
+
+class IndexConfig(BaseModel):
+    """The dense vector index: ``index_type`` and its build parameters apply when a collection is
+    created; ``nprobe`` / ``ef`` apply to each search of an index of that kind."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index_type: IndexType = "IVF_FLAT"
+    nlist: int = Field(default=256, ge=1, le=65536, description="IVF_FLAT: cells (capped at the segment's rows)")
+    nprobe: int = Field(default=16, ge=1, le=65536, description="IVF_FLAT: cells scanned per search")
+    hnsw_m: int = Field(default=16, ge=2, le=2048, description="HNSW: graph degree")
+    ef_construction: int = Field(default=64, ge=1, description="HNSW: build-time candidate list")
+    ef: int = Field(default=64, ge=1, description="HNSW: search-time candidate list")
+
+    def build_params(self) -> dict[str, Any]:
+        if self.index_type == "IVF_FLAT":
+            return {"nlist": self.nlist}
+        if self.index_type == "HNSW":
+            return {"M": self.hnsw_m, "efConstruction": self.ef_construction}
+        return {}
+
+    def search_params(self, built: str) -> dict[str, Any]:
+        """Parameters for searching an index of type ``built`` (what the collection has, which may
+        differ from ``index_type`` when another process created it)."""
+        if built == "IVF_FLAT":
+            return {"nprobe": self.nprobe}
+        if built == "HNSW":
+            return {"ef": self.ef}
+        return {}  # FLAT has none; AUTOINDEX chooses its own
