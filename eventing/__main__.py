@@ -230,7 +230,7 @@ def _inference_handler(
                              api_key=config.predictor_api_key)
     assert config.model is not None
     return Processor(client, config.model, config.retry, config.max_instances, tracer=tracer,
-                     on_retry=metrics.retried)
+                     on_retry=metrics.retried, max_openai_calls=config.max_openai_calls)
 
 
 def _document_handler(config: WorkerConfig, tracer: Tracer, metrics: WorkerMetrics) -> tuple[EventHandler, Any]:

@@ -16,11 +16,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 
 from eventing.calls import Call, plan, split, traced_body
+from eventing.config import WorkerConfig
 from events.errors import BAD_RESPONSE, REJECTED, UNAUTHORIZED, UNAVAILABLE
 from events.event import OPENAI_URL, Event, validate_openai_request, validate_request
 from observability import propagation
 from observability import semconv as sc
 from serving.client import CallFailed, PermanentCallError, PredictorClient, TransientCallError, Unauthorized
+from serving.defaults import default_of
 from serving.retry import RetryPolicy, call_with_retries
 
 
@@ -75,6 +77,7 @@ class Processor:
     def __init__(
         self, client: PredictorClient, model: str, policy: RetryPolicy, max_instances: int,
         *, tracer: trace.Tracer | None = None, on_retry: Callable[[int, TransientCallError], None] | None = None,
+        max_openai_calls: int | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -82,6 +85,8 @@ class Processor:
         self._max_instances = max_instances
         self._tracer = tracer or trace.get_tracer(__name__)
         self._on_retry = on_retry
+        # Hundreds of calls pending on one pooled HTTP client cost the worker more CPU than they save.
+        self._openai_slots = asyncio.Semaphore(max_openai_calls or default_of(WorkerConfig, "max_openai_calls"))
 
     def validate(self, event: Event) -> dict[str, Any]:
         if event.get(OPENAI_URL) is not None:
@@ -183,10 +188,11 @@ class Processor:
         try:
             if call is None:  # the in-process client speaks v1 only
                 raise PermanentCallError(f"{url}: this worker's protocol carries v1 requests only", status=400)
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                response, attempts = await call_with_retries(
-                    lambda: call(url, body, propagation.inject()), self._policy,
-                    on_retry=lambda attempt, error: self._retried([span], attempt, error))
+            async with self._openai_slots:
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    response, attempts = await call_with_retries(
+                        lambda: call(url, body, propagation.inject()), self._policy,
+                        on_retry=lambda attempt, error: self._retried([span], attempt, error))
             span.set_attribute(sc.KZERO_ATTEMPT, attempts)
         except CallFailed as err:
             kind = str(err.status or type(err).__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 import uvicorn
@@ -63,6 +64,10 @@ def serve(config: BatchApiConfig, keys: ApiKeys | None, tracer: trace.Tracer, me
     log.info("batch API on http://%s:%d/v1 (models %s; results from %s and %s; data in %s)", config.host,
              config.port, ", ".join(f"{m}={t}" for m, t in sorted(config.models.items())), config.results_topic,
              config.dlq_topic, config.data_dir)
+    # uvicorn restores the handlers it found and re-raises the signal after its shutdown: with these found,
+    # that re-raise is harmless and the threads below are stopped and the producer flushed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
     try:
         server.run()
     finally:

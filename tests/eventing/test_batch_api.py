@@ -286,5 +286,6 @@ def test_api_keys_are_honoured(kafka_bootstrap: str, tmp_path_factory: pytest.Te
             api.client("wrong").batches.list()
         assert api.client("k-two").files.list().data == []
         assert api.client("k-one").batches.list().data == []
+        assert api.stop() == 0  # SIGTERM: a clean shutdown
     finally:
         api.stop()
