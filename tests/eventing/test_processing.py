@@ -3,13 +3,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from eventing.processing import Failure, Processor, Success
-from events.errors import REJECTED, UNAVAILABLE
+from events.errors import REJECTED, UNAVAILABLE, MalformedEvent
+from events.event import Event, openai_request_event
 from serving.client import PermanentCallError, TransientCallError
 from serving.retry import RetryPolicy
 
@@ -134,3 +136,56 @@ async def test_a_failed_merged_call_fails_the_span_in_every_request_trace() -> N
     # each request is retried alone, in its own trace: only the bad one fails again
     assert sorted((s.context.trace_id, s.status.status_code) for s in alone) == [
         (0x0AF7651916CD43DD8448EB211C80319C, StatusCode.UNSET), (int("1" * 32, 16), StatusCode.ERROR)]
+
+
+class FakeOpenAIPredictor(FakePredictor):
+    """Also serves OpenAI routes: echoes the body, refuses model "gone", is down ``openai_down`` times first."""
+
+    def __init__(self, openai_down: int = 0) -> None:
+        super().__init__()
+        self.openai_calls: list[tuple[str, dict]] = []
+        self.openai_down = openai_down
+
+    async def openai(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
+        self.openai_calls.append((url, dict(body)))
+        if self.openai_down:
+            self.openai_down -= 1
+            raise TransientCallError("connection refused", retry_after_s=0)
+        if body.get("model") == "gone":
+            raise PermanentCallError("predictor answered 404: model 'gone' is not served here", status=404)
+        return {"object": "list", "echo": dict(body)}
+
+
+def _openai_event(url: str, body: dict[str, Any], id: str) -> Event:
+    return openai_request_event(url, body, source="/tests", id=id, jobid="b1")
+
+
+async def test_openai_requests_go_one_per_call_beside_merged_v1_requests() -> None:
+    predictor = FakeOpenAIPredictor(openai_down=1)
+    processor = Processor(predictor, "m", FAST, 64)
+    first = processor.validate(_openai_event("/v1/embeddings", {"model": "m", "input": "x"}, "b1-1"))
+    gone = processor.validate(_openai_event("/v1/embeddings", {"model": "gone", "input": "y"}, "b1-2"))
+    outcomes = await processor.process([first, {"instances": ["a"]}, gone, {"instances": ["b"]}])
+    assert outcomes[0] == Success({"object": "list", "echo": {"model": "m", "input": "x"}}, 2)  # retried once
+    assert outcomes[1] == Success({"predictions": ["A"]}, 1) and outcomes[3] == Success({"predictions": ["B"]}, 1)
+    assert isinstance(outcomes[2], Failure) and outcomes[2].code == REJECTED and "gone" in outcomes[2].message
+    assert predictor.calls == [["a", "b"]]  # the v1 requests still merged into one call
+    assert sorted(call[1]["input"] for call in predictor.openai_calls) == ["x", "x", "y"]
+
+
+async def test_a_v1_body_shaped_like_an_openai_request_stays_v1_and_clients_without_openai_refuse() -> None:
+    predictor = FakePredictor()
+    processor = Processor(predictor, "m", FAST, 64)
+    lookalike = {"instances": ["a"], "url": "/v1/embeddings", "body": {}}
+    openai_request = processor.validate(_openai_event("/v1/completions", {"model": "m", "prompt": "p"}, "b1-3"))
+    outcomes = await processor.process([lookalike, openai_request])
+    assert outcomes[0] == Success({"predictions": ["A"]}, 1)
+    assert isinstance(outcomes[1], Failure) and outcomes[1].code == REJECTED and "v1" in outcomes[1].message
+
+
+def test_openai_request_events_are_checked() -> None:
+    processor = Processor(FakePredictor(), "m", FAST, 64)
+    with pytest.raises(MalformedEvent, match="openaiurl"):
+        processor.validate(_openai_event("/v1/moderations", {"model": "m"}, "b1-4"))
+    with pytest.raises(MalformedEvent, match=r"data\.stream"):
+        processor.validate(_openai_event("/v1/chat/completions", {"model": "m", "stream": True}, "b1-5"))
