@@ -216,7 +216,7 @@ def test_a_sigkill_of_the_batch_api_mid_batch_loses_and_doubles_nothing(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Killed twice, once while sending and once while collecting: every line still has exactly one answer."""
-    n = 3000
+    n = 1500
     logs = tmp_path_factory.mktemp("sigkill")
     api = BatchApiProcess(stack.bootstrap, tmp_path_factory.mktemp("sigkill-data"), {"minilm": stack.topics.requests},
                           stack.topics.results, stack.topics.dlq, f"batch-api-{uuid.uuid4().hex[:8]}",
