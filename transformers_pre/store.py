@@ -8,7 +8,7 @@ feeds Milvus' BM25 function, so the same collection serves dense, full-text and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -136,8 +136,12 @@ class VectorStore:
         """Make the stored chunks of ``doc_id`` exactly ``chunks``; returns how many were written."""
         return self.replace_documents([(doc_id, doc_hash, chunks, vectors)])[0]
 
-    def replace_documents(self, documents: Sequence[tuple[str, str, Sequence[Chunk], np.ndarray]]) -> list[int]:
-        """``replace_document`` for many documents with one delete and one insert."""
+    def replace_documents(
+        self, documents: Sequence[tuple[str, str, Sequence[Chunk], np.ndarray]], *, absent: Collection[str] = (),
+    ) -> list[int]:
+        """``replace_document`` for many documents with one delete and one insert. ``absent``: documents
+        the caller just found unstored, which need no delete (in Milvus Lite a delete by filter scans
+        every row, so a bulk load would slow down as the collection grows)."""
         rows = []
         for doc_id, doc_hash, chunks, vectors in documents:
             if len(chunks) != len(vectors):
@@ -147,9 +151,9 @@ class VectorStore:
                  "text": c.text[:MAX_TEXT], "metadata": dict(c.metadata), "vector": v.astype(np.float32).tolist()}
                 for c, v in zip(chunks, vectors, strict=True)
             ]
-        if documents:
-            ids = _string_list([doc_id for doc_id, *_ in documents])
-            self._call(self._client.delete, self.collection, filter=f"doc_id in {ids}")
+        stored = [doc_id for doc_id, *_ in documents if doc_id not in absent]
+        if stored:
+            self._call(self._client.delete, self.collection, filter=f"doc_id in {_string_list(stored)}")
         if rows:
             self._call(self._client.insert, self.collection, rows)
         return [len(chunks) for _, _, chunks, _ in documents]

@@ -114,3 +114,25 @@ def test_replace_and_delete_document(tmp_path: Path) -> None:
         assert store.document_hash("a") is None
     finally:
         store.close()
+
+
+def test_documents_named_absent_skip_the_delete(tmp_path: Path) -> None:
+    import numpy as np
+
+    from transformers_pre.store import Chunk
+
+    store = VectorStore.connect(str(tmp_path / "a.db"), "docs")
+    try:
+        store.ensure_collection(4)
+        three = [Chunk("a", i, f"part {i}") for i in range(3)]
+        store.replace_documents([("a", "h1", three, np.eye(4, dtype=np.float32)[:3])], absent={"a"})
+        assert store.count() == 3
+        # The caller's word is taken: "a" named absent keeps its other chunks (only chunk 0 is rewritten) ...
+        store.replace_documents([("a", "h2", three[:1], np.eye(4, dtype=np.float32)[:1])], absent={"a"})
+        assert sorted(p.chunk_id for p in store.search(np.ones(4, dtype=np.float32), 10)) == [0, 1, 2]
+        # ... and without it the document's old chunks go first.
+        empty_b = ("b", "h", [], np.empty((0, 4), np.float32))
+        store.replace_documents([("a", "h3", three[:1], np.eye(4, dtype=np.float32)[:1]), empty_b], absent={"b"})
+        assert [p.chunk_id for p in store.search(np.ones(4, dtype=np.float32), 10)] == [0]
+    finally:
+        store.close()

@@ -239,5 +239,6 @@ async def _embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
 
 def _write(store: VectorStore, complete: list[_Pending], unchanged: list[DocumentResult]) -> list[DocumentResult]:
     """One store round trip for the batch's complete documents."""
-    written = store.replace_documents([(p.doc_id, p.doc_hash, p.chunks, p.vectors) for p in complete])
+    written = store.replace_documents([(p.doc_id, p.doc_hash, p.chunks, p.vectors) for p in complete],
+                                      absent={p.doc_id for p in complete if p.action == "added"})
     return [*unchanged, *(DocumentResult(p.doc_id, p.action, n) for p, n in zip(complete, written, strict=True))]
