@@ -297,8 +297,11 @@ def rag_demo(generate: PredictorProcess, embed: PredictorProcess, bootstrap: str
     )
     print(f"  ingested docs/corpus in {time.perf_counter() - started:.1f}s: {out.stdout.strip().splitlines()[-1]}")
     sync_documents(embed, db, bootstrap, security)
+    # The chain for a small generator: trimmed passages, a short cited answer, no loops, and a quoted
+    # sentence of the top passage (mode: extractive) when the answer strays from its sources.
     args = ["--predictor_host", f"127.0.0.1:{generate.http_port}", "--predictor_model", "smol",
-            "--milvus_uri", str(db), "--collection", "kzero"]
+            "--milvus_uri", str(db), "--collection", "kzero",
+            "--chain_config", "transformers_pre/chains/small_generator.yaml"]
     with PredictorProcess(args, model_name="rag", module="transformers_pre", log_path=LOGS / "rag.log") as rag:
         print(f"  transformer ready in {rag.wait_ready():.1f}s at {rag.url}")
         for question in QUESTIONS:

@@ -34,9 +34,11 @@ class RagContext:
     question: str = ""
     query_vector: np.ndarray | None = None
     passages: list[Passage] = field(default_factory=list)
+    excerpts: list[str] = field(default_factory=list)  # what the prompt shows of each passage (trim); else its text
     messages: list[dict[str, str]] = field(default_factory=list)
     prompt: str = ""
     answer: str = ""
+    mode: str = "generative"  # "extractive" when the ground step answered with a sentence of a passage
     finish_reason: str | None = None
     citations: list[int] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
@@ -47,6 +49,7 @@ class RagContext:
             "answer": self.answer,
             "sources": [p.source() for p in self.passages],
             "citations": self.citations,
+            "mode": self.mode,
             "finish_reason": self.finish_reason,
             "usage": self.usage,
         }

@@ -120,4 +120,5 @@ class RagModel(Model):
 def _v2_response(done: list[RagContext], request: InferRequest) -> InferResponse:
     answers = tensor("answer", "BYTES", np.array([c.answer for c in done], dtype=object))
     sources = tensor("sources", "BYTES", np.array([json.dumps(c.prediction()["sources"]) for c in done], dtype=object))
-    return v2_response(request, [answers, sources])
+    modes = tensor("mode", "BYTES", np.array([c.mode for c in done], dtype=object))  # generative | extractive
+    return v2_response(request, [answers, sources, modes])

@@ -1,6 +1,11 @@
 """``/openai/v1/chat/completions`` on the transformer: retrieval on the last user message, then the
 predictor's answer, streamed through as server-sent events with the sources in a final chunk.
 
+Extra fields next to OpenAI's: ``sources``, ``citations`` and ``mode`` (``generative``, or
+``extractive`` when the chain's ground step replaced the answer with a sentence of the top passage).
+Without streaming the message content is the chain's final answer; a stream cannot take back what it
+sent, so its final chunk carries ``answer`` too when the chain changed the streamed text.
+
 The predictor is called through ``serving.openai_client`` (pooled, classified, traced, keyed) with
 the transformer's retry policy: a failure before the first streamed byte is retried, and once it
 is final the caller gets an HTTP error in OpenAI's shape, as without streaming. After the first
@@ -70,6 +75,9 @@ async def _chat(model: RagModel, request: Request) -> Response:
     config = deps.config
     upstream = {**raw, "model": config.predictor_model, "messages": [ctx.messages[0], *history, ctx.messages[1]]}
     upstream.setdefault("temperature", 0.0)
+    stop = getattr(next(s for s in model.chain.steps if s.name == "generate"), "stop", ())
+    if stop:  # the chain's generate step ends answers there; a relayed chat gets the same default
+        upstream.setdefault("stop", list(stop))
     client = deps.chat
 
     def retried(*_: object) -> None:
@@ -89,7 +97,7 @@ async def _chat(model: RagModel, request: Request) -> Response:
     await after.run(ctx)
     reply["choices"][0]["message"]["content"] = ctx.answer
     return JSONResponse({**reply, "model": model.name, "sources": ctx.prediction()["sources"],
-                         "citations": ctx.citations})
+                         "citations": ctx.citations, "mode": ctx.mode})
 
 
 def _refusal(err: CallFailed) -> ServingError:
@@ -126,9 +134,13 @@ async def _relay(stream: ChatStream, ctx: RagContext, after: Chain, name: str) -
         return
     finally:
         await stream.aclose()
-    ctx.answer = "".join(pieces)
+    streamed = ctx.answer = "".join(pieces)
     await after.run(ctx)
-    yield sse({"id": last.get("id"), "object": "chat.completion.chunk", "created": last.get("created"),
-               "model": name, "choices": [], "sources": ctx.prediction()["sources"], "citations": ctx.citations})
+    final = {"id": last.get("id"), "object": "chat.completion.chunk", "created": last.get("created"),
+             "model": name, "choices": [], "sources": ctx.prediction()["sources"], "citations": ctx.citations,
+             "mode": ctx.mode}
+    if ctx.answer != streamed:  # what was streamed cannot be taken back: the answer that replaces it
+        final["answer"] = ctx.answer
+    yield sse(final)
     yield sse("[DONE]")
 

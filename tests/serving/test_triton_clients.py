@@ -135,7 +135,8 @@ def test_transformer_answers_with_sources_over_http_and_grpc(rag_server: Predict
     assert ["data" in o for o in result.get_response()["outputs"]] == [False, True]
     by_http = {name: decoded(result.as_numpy(name)) for name in ("answer", "sources")}
     [by_grpc] = triton_grpc(rag_server, grpc_infer("rag", "question", question))
-    assert by_grpc["raw_output_contents"] == 2
+    assert by_grpc["raw_output_contents"] == 3  # answer, sources and mode (generative or extractive)
+    assert by_grpc["outputs"]["mode"][0] in ("generative", "extractive")
     for outputs_ in (by_http, by_grpc["outputs"]):
         [answer], [sources] = outputs_["answer"], outputs_["sources"]
         assert answer.strip() and json.loads(sources)[0]["doc_id"] == "grpc"

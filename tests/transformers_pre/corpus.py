@@ -83,3 +83,38 @@ QUESTIONS: list[tuple[str, str]] = [
     ("How many dimensions do the sentence vectors have?", "embedding-model"),
     ("How do I run a large offline batch and gather the outputs?", "jobs"),
 ]
+
+# The key fact each question's answer must state: a phrase from its document, any one of the
+# alternatives, matched case-insensitively (bench/rag_answers.py, tests/transformers_pre/test_answers.py).
+FACTS: dict[str, tuple[str, ...]] = {
+    "broker": ("offset",),
+    "dlq": ("kzero.dlq", "dead-letter", "dead letter"),
+    "exactly-once": ("read_committed", "transaction", "atomic"),
+    "scale-zero": ("cold start", "removes every replica"),
+    "cold-start": ("cached", "memory-map", "safetensors"),
+    "batching": ("forward pass", "grouped"),
+    "readiness": ("weights are loaded", "warm-up"),
+    "milvus": ("lite", "local file"),
+    "chunking": ("two hundred and fifty", "250"),
+    "citations": ("numbered", "citations"),
+    "tracing": ("traceparent", "trace id"),
+    "metrics": ("latency", "queue depth", "batch size"),
+    "gpu-nodes": ("toleration", "taint", "nvidia.com/gpu"),
+    "security": ("non-root", "read-only", "seccomp", "capabilities"),
+    "keda": ("keda",),
+    "strimzi": ("strimzi",),
+    "openai": ("compatible", "unchanged"),
+    "grpc": ("open inference protocol", "version two", "grpc"),
+    "cloudevents": ("specversion",),
+    "backpressure": ("pause",),
+    "retries": ("jitter", "exponential", "retry-after"),
+    "tokens": ("maximum number", "stop string"),
+    "embedding-model": ("384",),
+    "jobs": ("json lines", "job id"),
+}
+
+
+def holds(text: str, doc_id: str) -> bool:
+    """Whether ``text`` states the key fact of ``doc_id``'s question."""
+    lowered = text.lower()
+    return any(fact in lowered for fact in FACTS[doc_id])

@@ -92,20 +92,23 @@ async def test_openai_stream_passes_the_answer_through_with_sources(rag_server: 
         model="rag", messages=[{"role": "user", "content": "How many dimensions do the sentence vectors have?"}],
         max_tokens=32, temperature=0, stream=True,
     )
-    pieces, sources = [], None
+    pieces, sources, final = [], None, {}
     async for chunk in stream:
         assert chunk.model == "rag"
         for choice in chunk.choices:
             pieces.append(choice.delta.content or "")
         if getattr(chunk, "sources", None):
             sources = chunk.sources  # type: ignore[attr-defined]
+            final = chunk.model_extra or {}
     assert len([p for p in pieces if p]) > 1 and "".join(pieces).strip()
     assert sources is not None and sources[0]["doc_id"] == "embedding-model"
     reply = await client.chat.completions.create(
         model="rag", messages=[{"role": "user", "content": "How many dimensions do the sentence vectors have?"}],
         max_tokens=32, temperature=0,
     )
-    assert reply.choices[0].message.content == "".join(pieces).strip()
+    # The chain's answer: what was streamed, or the replacement the final chunk carries (ground, no_repeat).
+    assert reply.choices[0].message.content == final.get("answer", "".join(pieces).strip())
+    assert reply.model_extra is not None and reply.model_extra["mode"] == final["mode"]
 
 
 async def test_cloudevent_in_cloudevent_out(rag_server: PredictorProcess) -> None:

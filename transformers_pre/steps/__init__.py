@@ -47,8 +47,11 @@ def registry() -> dict[str, StepFactory]:
     from transformers_pre.steps.cite import Cite
     from transformers_pre.steps.embed_query import EmbedQuery
     from transformers_pre.steps.generate import Generate
+    from transformers_pre.steps.ground import Ground
+    from transformers_pre.steps.no_repeat import NoRepeat
     from transformers_pre.steps.prompt import BuildPrompt
     from transformers_pre.steps.retrieve import Retrieve
+    from transformers_pre.steps.trim import Trim
     from transformers_pre.steps.usage import Usage
     from transformers_pre.steps.validate import Validate
 
@@ -56,9 +59,12 @@ def registry() -> dict[str, StepFactory]:
         "validate": Validate.create,
         "embed_query": EmbedQuery.create,
         "retrieve": Retrieve.create,
+        "trim": Trim.create,
         "prompt": BuildPrompt.create,
         "generate": Generate.create,
+        "no_repeat": NoRepeat.create,
         "cite": Cite.create,
+        "ground": Ground.create,
         "usage": Usage.create,
     }
 

@@ -21,7 +21,7 @@ from serving.retry import RetryPolicy, call_with_retries
 from transformers_pre.context import RagContext
 from transformers_pre.errors import BadRequest, PredictorUnavailable
 
-_PARAMETERS = {"max_new_tokens", "temperature", "top_p", "seed", "stop"}
+_PARAMETERS = {"max_new_tokens", "temperature", "top_p", "seed", "stop", "repetition_penalty"}
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,24 @@ class Generate:
     protocol: str
     retry: RetryPolicy
     max_new_tokens: int
+    stop: tuple[str, ...] = ()
     on_retry: Callable[[int, TransientCallError], None] | None = None
     name: str = "generate"
 
     @classmethod
-    def create(cls, deps: Any, max_new_tokens: int | None = None) -> Generate:
+    def create(cls, deps: Any, max_new_tokens: int | None = None, stop: list[str] | None = None) -> Generate:
         config = deps.config
+        if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)):
+            raise ValueError("stop must be a list of non-empty strings")
         return cls(deps.predictor, config.predictor_model, config.predictor_protocol, config.retry,
-                   max_new_tokens or config.max_new_tokens,
+                   max_new_tokens or config.max_new_tokens, tuple(stop or ()),
                    on_retry=lambda *_: deps.metrics.retried(config.predictor_model))
 
     def body(self, ctx: RagContext) -> dict[str, Any]:
-        parameters = {"max_new_tokens": self.max_new_tokens, "temperature": 0.0, **(ctx.instance.parameters or {})}
+        defaults: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "temperature": 0.0}
+        if self.stop:  # e.g. "\n\n" for a small model, whose first paragraph is its answer and the rest drift
+            defaults["stop"] = list(self.stop)
+        parameters = {**defaults, **(ctx.instance.parameters or {})}
         unknown = sorted(set(parameters) - _PARAMETERS)
         if unknown:
             raise BadRequest(f"{ctx.field}.parameters.{unknown[0]}", "unknown parameter")

@@ -1,4 +1,4 @@
-"""Build the prompt: numbered context passages, then the question."""
+"""Build the prompt: numbered context passages (or their trimmed excerpts), then the question."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ class BuildPrompt:
         return cls(system, template, max_passage_chars)
 
     async def __call__(self, ctx: RagContext) -> None:
+        texts = ctx.excerpts or [p.text for p in ctx.passages]  # trimmed to the nearest sentences by trim
         context = "\n".join(
-            f"[{i}] {p.text[: self.max_passage_chars]}" for i, p in enumerate(ctx.passages, start=1)
+            f"[{i}] {text[: self.max_passage_chars]}" for i, text in enumerate(texts, start=1)
         ) or "(no passages found)"
         user = self.template.format(context=context, question=ctx.question)
         ctx.messages = [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
