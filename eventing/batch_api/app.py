@@ -137,6 +137,8 @@ def create_app(
     @app.delete("/v1/files/{file_id}")
     def delete_file(file_id: str) -> dict[str, Any]:
         _file(file_id)
+        if (batch_id := batches.in_use(file_id)) is not None:
+            raise WrongState("file_id", f"file {file_id!r} is the input of batch {batch_id}, which has not ended")
         store.delete_file(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 

@@ -195,6 +195,11 @@ class Batches:
                 raise WrongState("batch_id", f"batch {batch_id!r} is finalizing: it cannot be cancelled")
             return public(self._live(active))
 
+    def in_use(self, file_id: str) -> str | None:
+        """The unfinished batch reading ``file_id``, if any: its input must stay until the batch ends."""
+        with self._lock:
+            return next((b for b, a in self._active.items() if a.batch["input_file_id"] == file_id), None)
+
     def _live(self, active: Active) -> dict[str, Any]:
         batch = dict(active.batch)
         batch["request_counts"] = {**batch["request_counts"], "completed": active.output.completed,

@@ -197,6 +197,16 @@ def test_cancel_finishes_the_sent_lines_and_cancels_the_rest(
         n, len(output), len(errors))
 
 
+def test_the_input_of_an_unfinished_batch_cannot_be_deleted(stack: Stack) -> None:
+    client = stack.client
+    upload = client.files.create(file=("u.jsonl", jsonl(embedding_lines(3, "unserved", "u"))), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    wait_batch(client, batch.id, lambda b: b.status == "in_progress", timeout_s=60)  # and never answered
+    with pytest.raises(openai.ConflictError, match="input of batch"):
+        client.files.delete(upload.id)
+    assert client.files.retrieve(upload.id).id == upload.id
+
+
 def test_a_batch_past_its_window_expires_with_an_error_line_per_unanswered_line(stack: Stack) -> None:
     client = stack.client
     upload = client.files.create(file=("x.jsonl", jsonl(embedding_lines(5, "unserved", "x"))), purpose="batch")
