@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import openai
 import pytest
 
@@ -108,6 +109,11 @@ def test_batches_list_newest_first_with_pagination(stack: Stack) -> None:
     for batch_id in made:
         assert wait_batch(client, batch_id).status == "completed"
     assert upload.id in {f.id for f in client.files.list(purpose="batch")}
+    metrics = httpx.get(f"{stack.api.url}/metrics").text
+    completed = next(line for line in metrics.splitlines() if line.startswith('kzero_batches{status="completed"}'))
+    assert float(completed.split()[-1]) >= 3
+    sent = next(line for line in metrics.splitlines() if line.startswith("kzero_batch_lines_sent_total "))
+    assert float(sent.split()[-1]) >= 6
 
 
 def test_a_file_with_bad_lines_fails_the_batch_naming_each_line(stack: Stack) -> None:
