@@ -28,7 +28,7 @@ def char_tokenizer(specials: list[str]):  # -> PreTrainedTokenizerFast
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
 
 
-def tiny_causal_lm(directory: Path, seed: int = 0) -> Path:
+def tiny_causal_lm(directory: Path, seed: int = 0, max_positions: int = 512) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -37,7 +37,7 @@ def tiny_causal_lm(directory: Path, seed: int = 0) -> Path:
     tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
         pad_token_id=0, eos_token_id=1, bos_token_id=1,
     )
     torch.manual_seed(seed)

@@ -20,9 +20,10 @@ NAME = "tinylm"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PredictorProcess]:
-    path = tiny_causal_lm(tmp_path_factory.mktemp("lm"))
+    path = tiny_causal_lm(tmp_path_factory.mktemp("lm"), max_positions=4096)
+    # A cache of 2096 tokens (131 pages of 16 tokens of 512 bytes): two rows of 1 + 1000 tokens fit, 2100 never.
     args = ["--task", "generate", "--model_dir", str(path), "--engine", "continuous", "--max_num_seqs", "2",
-            "--max_queue", "2", "--kv_cache_memory_gb", "0.0002", "--kv_page_size", "16", "--max_new_tokens", "500"]
+            "--max_queue", "2", "--kv_cache_memory_gb", "0.001", "--kv_page_size", "16", "--max_new_tokens", "2200"]
     server = start_predictor(tmp_path_factory, NAME, args)
     yield server
     assert server.stop() == 0
@@ -59,7 +60,7 @@ async def test_v1_v2_and_openai_routes_with_request_extras(server: PredictorProc
                                      json={"instances": ["hi"], "parameters": {"seed": 1}})
         assert response.status_code == 400 and "parameters.seed" in response.json()["error"]
         response = await client.post(f"/v1/models/{NAME}:predict",
-                                     json={"instances": ["hi"], "parameters": {"max_new_tokens": 450}})
+                                     json={"instances": ["hi"], "parameters": {"max_new_tokens": 2100}})
         assert response.status_code == 400 and "--kv_cache_memory_gb" in response.json()["error"]
 
     api = openai.AsyncOpenAI(base_url=f"{server.url}/openai/v1", api_key="none")
@@ -86,8 +87,8 @@ async def test_v1_v2_and_openai_routes_with_request_extras(server: PredictorProc
 
 async def test_disconnects_leave_the_batch_and_a_full_batch_sheds_with_retry_after(server: PredictorProcess) -> None:
     cancelled_before = metric(server, "kzero_cancelled_requests_total", reason="disconnect")
-    # 2 x (1 + 200) tokens fill the cache of 416 (26 pages of 16): the two rows still decode when the clients leave.
-    body = {"model": NAME, "prompt": "a", "max_tokens": 200, "stream": True, "ignore_eos": True}
+    # Rows of 1000 tokens: they still decode when the clients leave.
+    body = {"model": NAME, "prompt": "a", "max_tokens": 1000, "stream": True, "ignore_eos": True}
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
         streams = [client.stream("POST", "/openai/v1/completions", json=body) for _ in range(2)]
         responses = [await s.__aenter__() for s in streams]
@@ -120,7 +121,7 @@ async def test_a_cancelled_grpc_call_leaves_the_batch(server: PredictorProcess) 
     text = pb.ModelInferRequest.InferInputTensor(
         name="text", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[b"a"]))
     request = pb.ModelInferRequest(model_name=NAME, inputs=[text], parameters={
-        "max_new_tokens": pb.InferParameter(int64_param=400), "ignore_eos": pb.InferParameter(bool_param=True)})
+        "max_new_tokens": pb.InferParameter(int64_param=1000), "ignore_eos": pb.InferParameter(bool_param=True)})
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
         await until(lambda: metric(server, "kzero_generation_running") == 1, "the call decodes")
