@@ -2,7 +2,8 @@
 
 1. Retrieval. N synthetic chunks (384-d unit vectors, seeded: N/100 random centers, each vector a
    center plus Gaussian noise, so every vector has ~100 meaningful neighbours) go into a throwaway
-   Milvus Lite file through ``VectorStore.replace_documents`` in batches of 5,000, once per index: the
+   Milvus Lite file through ``VectorStore.replace_documents`` in batches of 5,000 (new documents, so
+   ``absent``: no delete, as ingest does for them), once per index: the
    store's default (``IndexConfig()``) and, side by side, AUTOINDEX (HNSW in Milvus Lite, the store's
    index before issue 16); the store is closed and reopened as the transformer would find it. 200
    queries (stored vectors plus small noise, renormalized) are searched one at a time with
@@ -209,7 +210,7 @@ def milvus_search(workdir: Path, vectors: np.ndarray, queries: np.ndarray, index
             doc_id = f"batch-{first // INSERT_BATCH:04d}"
             rows = range(first, min(first + INSERT_BATCH, len(vectors)))
             chunks = [Chunk(doc_id, i, f"synthetic chunk {i}") for i in rows]
-            store.replace_documents([(doc_id, doc_id, chunks, vectors[rows.start:rows.stop])])
+            store.replace_documents([(doc_id, doc_id, chunks, vectors[rows.start:rows.stop])], absent={doc_id})
         insert_s = time.perf_counter() - started
     finally:
         started = time.perf_counter()
