@@ -38,9 +38,14 @@ Payload = Callable[[int], dict[str, Any]]
 Units = Callable[[dict[str, Any]], int]
 
 
-def parse_args(description: str | None, *, load: bool = True) -> argparse.Namespace:
+def parse_args(
+    description: str | None, *, load: bool = True, switches: Sequence[tuple[str, str]] = ()
+) -> argparse.Namespace:
+    """The common flags, and a bench's own on/off ``switches`` as (flag, help) pairs."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    for flag, help_text in switches:
+        p.add_argument(flag, action="store_true", help=help_text)
     if load:
         p.add_argument("--duration", type=float, help="seconds of load per configuration (overrides the default)")
     else:

@@ -14,6 +14,11 @@ distinct request ids arrived.
        record of a real result's size with the request's headers, flushing and committing every poll;
 - (b)  the compute limit: ``EmbedEngine.run_batch`` in this process on the same texts, best of batch
        sizes 16-128, run after the predictor and the broker stopped.
+- batch API against plain job: a B-line embeddings job (10,000; 1,000 with ``--quick``), end to end,
+  side by side against one predictor and a worker already assigned its partitions: (j) ``python -m
+  eventing submit`` then ``results --output`` until every result is in the output file; (o) the
+  OpenAI Batch API (``python -m eventing batch-api``) with the ``openai`` client: upload, create, poll
+  every 0.2 s until completed, download the output file. ``--batch-only`` runs just this part.
 
 Two rates per configuration: end-to-end = N / (consumer process start -> N-th distinct result read),
 which includes the worker's start-up; steady = the results between the 10% and 90% marks divided by
@@ -61,12 +66,13 @@ from events.event import Event, request_event
 from serving.launch import free_port
 
 EVENTS, QUICK_EVENTS = 20_000, 1_000
+BATCH_LINES, QUICK_BATCH_LINES = 10_000, 1_000
 MAX_BATCH_1_SHARE = 10  # (c) runs N / 10 events
 PARTITIONS = 4
 KEYS = 16
 COMPUTE_BATCH_SIZES = (16, 32, 64, 128)
 PREDICTOR_ARGS = ["--task", "embed", "--model_id", MODEL_ID, "--max_batch_size", "64", "--max_batch_latency_ms", "5"]
-TARGETS = {"pipeline_over_limit": 0.7, "pipeline_over_max_batch_1": 5.0}
+TARGETS = {"pipeline_over_limit": 0.7, "pipeline_over_max_batch_1": 5.0, "batch_api_over_job": 0.9}
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
 SOURCE = "/kzero/bench"
 
@@ -349,12 +355,152 @@ def pipeline(bootstrap: str, broker_pid: int | None, count: int) -> tuple[dict[s
     return runs, ready_s
 
 
+def wait_assigned(label: str, child: Child, timeout_s: float = 120) -> None:
+    """Until the worker of ``label`` holds partitions, so neither path below pays for its start-up."""
+    log_path = LOGS / f"eventing-{label}.log"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assigned = [ln for ln in log_path.read_text().splitlines() if "eventing.worker INFO assigned" in ln]
+        if assigned and not assigned[-1].endswith("[]"):
+            return
+        if time.monotonic() > deadline or not child.alive():
+            raise RuntimeError(f"{label}: the worker holds no partitions; see {log_path}")
+        time.sleep(0.2)
+
+
+def children_cpu() -> float:
+    """CPU-s of this process's finished children (the submit and results commands)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def job_path(bootstrap: str, url: str, pids: Mapping[str, int | None], lines: int) -> dict[str, Any]:
+    """(j): ``submit`` then ``results --output``, timed from submit's start to the results command's exit."""
+    label = "batch-cmp-job"
+    topics = Topics.fresh(bootstrap, label)
+    source, output = LOGS / "batch-cmp-job.jsonl", LOGS / "batch-cmp-job.out.jsonl"
+    source.write_text("".join(f'"{TEXT.format(i=i)}"\n' for i in range(lines)))
+    child = worker_child(bootstrap, url, ["--max-batch", "64"], label)(topics)
+    try:
+        wait_assigned(label, child)
+        eventing = [sys.executable, "-m", "eventing"]
+        cpu = {**cpu_seconds({**pids, "worker": child.pid}), "clients": children_cpu()}
+        started = time.monotonic()
+        subprocess.run([*eventing, "submit", "--bootstrap-servers", bootstrap, "--topic", topics.requests,
+                        "--job-id", label, "--input", str(source)], check=True, capture_output=True)
+        subprocess.run([*eventing, "results", "--bootstrap-servers", bootstrap, "--topic", topics.results,
+                        "--dlq-topic", topics.dlq, "--job-id", label, "--expect", str(lines), "--output", str(output),
+                        "--timeout", "900"], check=True, capture_output=True)
+        wall = time.monotonic() - started
+        used = cores(cpu, {**cpu_seconds({**pids, "worker": child.pid}), "clients": children_cpu()}, wall)
+    finally:
+        child.stop()
+    got = sum(1 for _ in output.open())
+    if got != lines:
+        raise RuntimeError(f"{label}: {got} result lines for {lines} requests")
+    return {"config": "job: submit + results", "lines": lines, "wall_s": wall, "lines_per_s": lines / wall,
+            "cores": used}
+
+
+def batch_api_path(bootstrap: str, url: str, pids: Mapping[str, int | None], lines: int) -> dict[str, Any]:
+    """(o): upload, create, poll, download with the ``openai`` client against ``python -m eventing batch-api``."""
+    import json
+
+    import openai
+
+    from serving.launch import http_status
+
+    label = "batch-cmp-api"
+    topics = Topics.fresh(bootstrap, label)
+    child = worker_child(bootstrap, url, ["--max-batch", "64"], label)(topics)
+    data_dir = Path(tempfile.mkdtemp(prefix="kzero-bench-batch-"))
+    port = free_port()
+    with (LOGS / "eventing-batch-api.log").open("wb") as log:
+        api = subprocess.Popen([sys.executable, "-m", "eventing", "batch-api", "--bootstrap-servers", bootstrap,
+                                "--port", str(port), "--data-dir", str(data_dir), "--model",
+                                f"{MODEL_NAME}={topics.requests}", "--results-topic", topics.results, "--dlq-topic",
+                                topics.dlq, "--group", f"{topics.group}-api"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_assigned(label, child)
+        while http_status(f"http://127.0.0.1:{port}/v2/health/live") != 200:
+            if api.poll() is not None:
+                raise RuntimeError(f"the batch API exited; see {LOGS}/eventing-batch-api.log")
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=120)
+        content = "".join(json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/embeddings",
+                                      "body": {"model": MODEL_NAME, "input": TEXT.format(i=i)}}) + "\n"
+                          for i in range(lines)).encode()
+        named = {**pids, "worker": child.pid, "batch-api": api.pid}
+        cpu = {**cpu_seconds(named), "clients": 0.0}
+        started = time.monotonic()
+        upload = client.files.create(file=("bench.jsonl", content), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+        while batch.status not in ("completed", "failed", "expired", "cancelled"):
+            if api.poll() is not None or not child.alive():
+                raise RuntimeError(f"{label}: a process exited; see {LOGS}/eventing-batch-api.log")
+            time.sleep(0.2)
+            batch = client.batches.retrieve(batch.id)
+        if batch.status != "completed" or batch.output_file_id is None:
+            raise RuntimeError(f"{label}: batch ended {batch.status}: {batch.request_counts}")
+        got = len(client.files.content(batch.output_file_id).content.splitlines())
+        wall = time.monotonic() - started
+        used = cores(cpu, {**cpu_seconds(named), "clients": 0.0}, wall)
+    finally:
+        api.terminate()
+        api.wait(60)
+        child.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if got != lines:
+        raise RuntimeError(f"{label}: {got} output lines for {lines} input lines")
+    return {"config": "batch API: openai client", "lines": lines, "wall_s": wall, "lines_per_s": lines / wall,
+            "cores": used}
+
+
+def batch_comparison(bootstrap: str, broker_pid: int | None, lines: int) -> tuple[dict[str, Any], str]:
+    """Both paths side by side against one predictor; the results and their markdown table."""
+    with predictor(PREDICTOR_ARGS, "eventing-batch-predictor") as (proc, _):
+        assert proc.process is not None
+        pids = {"predictor": proc.process.pid, "broker": broker_pid}
+        job = job_path(bootstrap, proc.url, pids, lines)
+        api = batch_api_path(bootstrap, proc.url, pids, lines)
+    ratio = api["lines_per_s"] / job["lines_per_s"]
+
+    def cpu_cell(r: dict[str, Any]) -> str:
+        c = r["cores"]
+        return " / ".join(f"{c.get(k, 0.0):.2f}" for k in ("predictor", "worker", "batch-api", "broker",
+                                                           "reader", "clients", "other"))
+
+    rendered = table(
+        ["path (upload/submit -> all results written)", "lines", "wall s", "lines/s",
+         "cores: predictor / worker / batch-api / broker / this process / submit+results / other"],
+        [[r["config"], r["lines"], r["wall_s"], r["lines_per_s"], cpu_cell(r)] for r in (job, api)]
+        + [["batch API / job", None, None, f"{ratio:.2f}x", check(ratio, TARGETS["batch_api_over_job"])]],
+    )
+    return {"job": job, "batch_api": api, "ratio": ratio}, rendered
+
+
 def main() -> None:
-    args = parse_args(__doc__, load=False)
+    args = parse_args(__doc__, load=False, switches=[("--batch-only", "only the batch API against plain job part")])
     count = QUICK_EVENTS if args.quick else EVENTS
+    lines = QUICK_BATCH_LINES if args.quick else BATCH_LINES
     load_at_start = os.getloadavg()[0]
     machine = machine_info()
+    if args.batch_only:
+        with kafka_broker() as (bootstrap, broker_pid):
+            batch, batch_table = batch_comparison(bootstrap, broker_pid, lines)
+        notes = (f"{lines} embedding lines per path; {PARTITIONS} partitions; one worker (--max-batch 64) already "
+                 f"holding its partitions; 1-minute load average at start {load_at_start:.2f} on "
+                 f"{os.cpu_count()} cores\n\n"
+                 + noise_note({r["config"]: r["cores"]["other"] for r in (batch["job"], batch["batch_api"])}))
+        report("Eventing: the OpenAI Batch API against a plain job", machine, [notes, batch_table],
+               "eventing_batch_api", {"lines": lines, "predictor_args": PREDICTOR_ARGS,
+                                      "load_average_at_start": load_at_start, **batch,
+                                      "target": TARGETS["batch_api_over_job"]})
+        return
     with kafka_broker() as (bootstrap, broker_pid):
+        batch, batch_table = batch_comparison(bootstrap, broker_pid, lines)
         runs, ready_s = pipeline(bootstrap, broker_pid, count)
         value_size = round(runs["at-least-once"]["mean_result_bytes"])
         runs["transport"] = measure("transport", bootstrap, count, relay_child(bootstrap, value_size),
@@ -397,12 +543,13 @@ def main() -> None:
     notes += "".join(f"\n\n{r['config']}: {len(r['stalls'])} attempt(s) stalled and were repeated on fresh topics "
                      f"({r['stalls'][0]})" for r in runs.values() if r["stalls"])
     notes += "\n\n" + noise_note({r["config"]: r["cores"]["other"] for r in runs.values()}
-                                 | {f"compute batch {r['batch_size']}": r["other_cores"] for r in raw})
-    report("Eventing: an embedding job through Kafka", machine, [notes, main_table, ratio_table],
+                                 | {f"compute batch {r['batch_size']}": r["other_cores"] for r in raw}
+                                 | {r["config"]: r["cores"]["other"] for r in (batch["job"], batch["batch_api"])})
+    report("Eventing: an embedding job through Kafka", machine, [notes, main_table, ratio_table, batch_table],
            "eventing_throughput",
            {"events": count, "predictor_args": PREDICTOR_ARGS, "predictor_ready_s": ready_s,
             "load_average_at_start": load_at_start, "runs": runs, "compute": raw, "compute_best": compute,
-            "ratios": ratios, "targets": TARGETS})
+            "ratios": ratios, "targets": TARGETS, "batch_lines": lines, "batch_comparison": batch})
 
 
 if __name__ == "__main__":
