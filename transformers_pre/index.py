@@ -1,11 +1,12 @@
 """Which vector index a collection is built with, and how a search walks it.
 
-The default is chosen by measurement (bench/rag.py, docs/benchmarks.md). Milvus Lite builds a
-segment's index in a background thread after each flush and after each compaction, and closing
-the file waits for those builds: HNSW (what AUTOINDEX means there) spent about a minute of that per
-100,000 chunks, an IVF_FLAT index a fraction of it. Search time in Milvus Lite is dominated by its
-per-row bookkeeping, which is the same for every index type, so the cheaper build costs nothing at
-query time. A Milvus server takes the same names and parameters.
+Milvus Lite builds a segment's index in a background thread after each flush and each compaction,
+and closing the file waits for those builds: HNSW (what AUTOINDEX means there) took minutes per
+100,000 chunks on a loaded machine, IVF_FLAT a twentieth of it, at the same search latency
+(bench/rag.py, docs/benchmarks.md). AUTOINDEX stays the default because an IVF search scans only
+``nprobe`` cells, so a narrow metadata filter can find fewer matches than exist; choose IVF_FLAT
+(with ``nprobe`` near ``nlist`` for filtered search) for bulk loads. A Milvus server takes the same
+names and parameters.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class IndexConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    index_type: IndexType = "IVF_FLAT"
+    index_type: IndexType = "AUTOINDEX"
     nlist: int = Field(default=256, ge=1, le=65536, description="IVF_FLAT: cells (capped at the segment's rows)")
     nprobe: int = Field(default=16, ge=1, le=65536, description="IVF_FLAT: cells scanned per search")
     hnsw_m: int = Field(default=16, ge=2, le=2048, description="HNSW: graph degree")

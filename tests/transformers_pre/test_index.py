@@ -23,8 +23,9 @@ def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def test_parameters_follow_the_index_type() -> None:
-    config = IndexConfig(nlist=64, nprobe=8, hnsw_m=24, ef_construction=100, ef=40)
-    assert config.index_type == "IVF_FLAT" and config.build_params() == {"nlist": 64}
+    config = IndexConfig(index_type="IVF_FLAT", nlist=64, nprobe=8, hnsw_m=24, ef_construction=100, ef=40)
+    assert IndexConfig().index_type == "AUTOINDEX" and IndexConfig().build_params() == {}
+    assert config.build_params() == {"nlist": 64}
     assert IndexConfig(index_type="HNSW", hnsw_m=24, ef_construction=100).build_params() == {
         "M": 24, "efConstruction": 100}
     assert IndexConfig(index_type="FLAT").build_params() == {}
