@@ -2,11 +2,11 @@
 
 Milvus Lite builds a segment's index in a background thread after each flush and each compaction,
 and closing the file waits for those builds: HNSW (what AUTOINDEX means there) took minutes per
-100,000 chunks on a loaded machine, IVF_FLAT a twentieth of it, at the same search latency
-(bench/rag.py, docs/benchmarks.md). AUTOINDEX stays the default because an IVF search scans only
-``nprobe`` cells, so a narrow metadata filter can find fewer matches than exist; choose IVF_FLAT
-(with ``nprobe`` near ``nlist`` for filtered search) for bulk loads. A Milvus server takes the same
-names and parameters.
+100,000 chunks on a loaded machine, IVF_FLAT a twentieth of it (bench/rag.py, docs/benchmarks.md).
+AUTOINDEX stays the default: an IVF search scans only ``nprobe`` cells, so a narrow metadata filter
+can find fewer matches than exist, and at 100,000 chunks it searched about 2x slower. IVF_FLAT
+(with ``nprobe`` near ``nlist`` for filtered search) suits bulk loads that are closed often.
+A Milvus server takes the same names and parameters.
 """
 
 from __future__ import annotations
