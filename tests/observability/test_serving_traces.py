@@ -251,10 +251,12 @@ async def test_a_streamed_chat_is_inside_the_transformer_server_span(
     assert predictor.parent_span_id == call.span_id, shown
     infer = one(spans, service=generator, name="infer smol")
     assert infer.parent_span_id == predictor.span_id and infer.attributes["gen_ai.operation.name"] == "chat"
-    # The stream outlives the handler: every span of it (the relay, the steps after generation, the
-    # predictor's own stream) ends inside the server span, which ends after the first chunk arrived.
+    # The stream outlives the handler: the transformer's spans of it (the relay, the steps after
+    # generation) end inside its server span, which ends after the first chunk arrived. The
+    # predictor's spans are another process's: its server span may end a moment after the last byte
+    # it sent reached the transformer, so only their order within the predictor is asserted.
     after = one(spans, name="rag.usage")
-    assert server.end_ns >= max(call.end_ns, after.end_ns, predictor.end_ns, infer.end_ns), shown
+    assert server.end_ns >= max(call.end_ns, after.end_ns), shown
     assert server.end_ns > first_chunk_ns
     assert predictor.end_ns >= infer.end_ns
 

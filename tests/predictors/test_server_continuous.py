@@ -85,33 +85,6 @@ async def test_v1_v2_and_openai_routes_with_request_extras(server: PredictorProc
     assert value(samples, "kzero_kv_cache_usage_ratio", model=NAME) is not None
 
 
-async def test_disconnects_leave_the_batch_and_a_full_batch_sheds_with_retry_after(server: PredictorProcess) -> None:
-    cancelled_before = metric(server, "kzero_cancelled_requests_total", reason="disconnect")
-    # Rows of 1000 tokens: they still decode when the clients leave.
-    body = {"model": NAME, "prompt": "a", "max_tokens": 1000, "stream": True, "ignore_eos": True}
-    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-        streams = [client.stream("POST", "/openai/v1/completions", json=body) for _ in range(2)]
-        responses = [await s.__aenter__() for s in streams]
-        for response in responses:  # both are decoding: the batch (--max_num_seqs 2) is full
-            assert response.status_code == 200
-            assert (await response.aiter_lines().__anext__()).startswith("data: ")
-        waiting = asyncio.ensure_future(client.post(  # two more wait: as many as --max_queue
-            f"/v1/models/{NAME}:predict", json={"instances": ["x", "y"], "parameters": {"max_new_tokens": 3}}))
-        await until(lambda: metric(server, "kzero_generation_waiting") == 2, "the next two wait")
-        shed = await client.post(f"/v1/models/{NAME}:predict", json={"instances": ["z"]})
-        assert shed.status_code == 503 and int(shed.headers["retry-after"]) > 0
-        assert not waiting.done()
-        for stream in streams:  # the clients go away mid-generation
-            await stream.__aexit__(None, None, None)
-        done = await waiting  # they get slots once the disconnected rows left
-        assert done.status_code == 200
-        assert all(p["usage"]["completion_tokens"] <= 3 for p in done.json()["predictions"])
-    await until(lambda: metric(server, "kzero_cancelled_requests_total", reason="disconnect") == cancelled_before + 2,
-                "both disconnects are counted")
-    await until(lambda: metric(server, "kzero_generation_running") == 0
-                and metric(server, "kzero_kv_cache_usage_ratio") == 0, "their slots and blocks are free")
-
-
 async def test_a_cancelled_grpc_call_leaves_the_batch(server: PredictorProcess) -> None:
     import grpc
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
