@@ -176,7 +176,9 @@ def raise_for_status(
     raise PermanentCallError(message, status=status)
 
 
-class _HttpClient:
+class HttpClient:
+    """One pooled httpx client per object: base URL, API key, per-step timeout, tracer."""
+
     def __init__(
         self, base_url: str, timeout_s: float, tracer: trace.Tracer | None = None, api_key: SecretStr | None = None
     ) -> None:
@@ -209,7 +211,7 @@ class _HttpClient:
         await self._http.aclose()
 
 
-class V1Client(_HttpClient):
+class V1Client(HttpClient):
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         return await self._post("/v1/models/{model_name}:predict", model, body, headers)
 
@@ -235,7 +237,7 @@ def v2_outputs_to_predictions(outputs: list[tuple[str, np.ndarray]]) -> list[Any
     raise TransientCallError(f"predictor returned no known output (got {[n for n, _ in outputs]})")
 
 
-class V2Client(_HttpClient):
+class V2Client(HttpClient):
     async def predict(self, model: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         texts = v1_to_texts(body)
         request = {

@@ -20,13 +20,12 @@ from typing import Any
 import httpx
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from pydantic import SecretStr
 
 from observability import semconv
 from observability.propagation import extract, inject
 from serving.client import (
+    HttpClient,
     TransientCallError,
-    bearer_headers,
     forwarded,
     http_attributes,
     mark_failed,
@@ -82,15 +81,9 @@ class ChatStream:
             self._span.end()
 
 
-class OpenAIClient:
-    def __init__(
-        self, base_url: str, timeout_s: float, tracer: trace.Tracer | None = None, api_key: SecretStr | None = None
-    ) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        # The timeout bounds each step (connect, each read), not a whole stream.
-        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=timeout_s, headers=bearer_headers(api_key))
-        self._tracer = tracer or trace.get_tracer(__name__)
+class OpenAIClient(HttpClient):
+    """The pooled client of ``serving.client`` (its base URL, key, timeout and close) for chat calls;
+    its timeout bounds each step (connect, each read), not a whole stream."""
 
     def _attributes(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return {**http_attributes(self._base_url + CHAT_ROUTE), semconv.GEN_AI_OPERATION: "chat",
@@ -146,6 +139,3 @@ class OpenAIClient:
         parent = None if trace.get_current_span().get_span_context().is_valid else extract(headers)
         return self._tracer.start_span(f"POST {CHAT_ROUTE}", context=parent, kind=SpanKind.CLIENT,
                                        attributes=self._attributes(body))
-
-    async def close(self) -> None:
-        await self._http.aclose()
