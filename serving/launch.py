@@ -15,11 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+# Ports handed out by this process: a port is only free until its server binds it, so two servers
+# started close together (one's gRPC port, the next one's HTTP port) could otherwise be given the
+# same one, and a client then reached the wrong server.
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before by this process."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

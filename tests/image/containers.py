@@ -7,7 +7,6 @@ loopback only (the engine has no bridge, and with ``--network none`` nothing cou
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -18,16 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving.launch import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_SCRIPT = REPO_ROOT / "scripts" / "docker.sh"
 IMAGE_SCRIPT = REPO_ROOT / "scripts" / "image.sh"
 LOG_LINES = 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def script(
