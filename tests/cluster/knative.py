@@ -46,24 +46,54 @@ def _load(path: Path) -> list[Doc]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-class Binder:
-    """The scheduler's last step for every pod without a node: a Binding to the fake node."""
+class Watcher:
+    """A thread that handles every ADDED or MODIFIED object of one watch, re-watching until closed."""
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.core = client.CoreV1Api(api)
+    name = "watcher"
+
+    def __init__(self) -> None:
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="binder")
+        self.thread = threading.Thread(target=self._run, daemon=True, name=self.name)
+
+    def _stream(self) -> Any:
+        raise NotImplementedError
+
+    def _handle(self, obj: Any) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                for event in watch.Watch().stream(self.core.list_pod_for_all_namespaces,
-                                                  field_selector="spec.nodeName=", timeout_seconds=5):
-                    pod = event["object"]
-                    if event["type"] in ("ADDED", "MODIFIED") and not pod.spec.node_name:
-                        self._bind(pod.metadata.namespace, pod.metadata.name)
+                for event in self._stream():
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._handle(event["object"])
             except (ApiException, OSError):
                 time.sleep(0.5)  # the API server is going away, or a watch broke: try again
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+class Binder(Watcher):
+    """The scheduler's last step for every pod without a node: a Binding to the fake node."""
+
+    name = "binder"
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        super().__init__()
+
+    def _stream(self) -> Any:
+        return watch.Watch().stream(self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName=",
+                                    timeout_seconds=5)
+
+    def _handle(self, pod: Any) -> None:
+        if not pod.spec.node_name:
+            self._bind(pod.metadata.namespace, pod.metadata.name)
 
     def _bind(self, namespace: str, name: str) -> None:
         body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
@@ -74,38 +104,25 @@ class Binder:
             if err.status not in (404, 409):  # gone, or bound already
                 raise
 
-    def start(self) -> None:
-        self.thread.start()
 
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-
-
-class IngressStatus:
+class IngressStatus(Watcher):
     """What an ingress (Kourier) reports on each Knative Ingress: configured, with its load balancers.
     Written again whenever the Ingress changes, so the Route always sees its current generation."""
 
     INGRESS = ("networking.internal.knative.dev", "v1alpha1", "ingresses")
     GATEWAY = "kourier-internal.kourier-system.svc.cluster.local"
+    name = "ingress-status"
 
     def __init__(self, api: client.ApiClient) -> None:
         self.custom = client.CustomObjectsApi(api)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="ingress-status")
+        super().__init__()
 
-    def _run(self) -> None:
+    def _stream(self) -> Any:
         group, version, plural = self.INGRESS
-        while not self.stop.is_set():
-            try:
-                for event in watch.Watch().stream(self.custom.list_cluster_custom_object, group, version, plural,
-                                                  timeout_seconds=5):
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._configure(event["object"])
-            except (ApiException, OSError):
-                time.sleep(0.5)
+        return watch.Watch().stream(self.custom.list_cluster_custom_object, group, version, plural,
+                                    timeout_seconds=5)
 
-    def _configure(self, ingress: Doc) -> None:
+    def _handle(self, ingress: Doc) -> None:
         meta, status = ingress["metadata"], ingress.get("status") or {}
         if status.get("observedGeneration") == meta["generation"]:
             return
@@ -121,13 +138,6 @@ class IngressStatus:
         except ApiException as err:
             if err.status not in (404, 409):
                 raise
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
 
 
 class KnativeServing:
