@@ -6,6 +6,9 @@ Poisson arrivals at several request rates; each request streams one completion (
 each server, one after the other: ``--engine continuous``, ``--engine static`` (batches of up to 16)
 and ``--engine static --max_batch_size 1``. Per rate: completion tokens/s, TTFT p50/p99, time per
 output token p50 (after the first), end to end p50/p99, and errors (503s past the queue bound).
+Without CUDA the default is the CPU shape (prompts of 16-128 tokens, outputs of 8-64, rates 0.5-2 req/s):
+the GPU shape's longest outputs at 2 req/s would queue for tens of minutes behind batch size 1 on two cores,
+so batch size 1 runs only up to 2 req/s there, while the two batching engines go on to 8 req/s to saturate.
 ``--quick``: shorter prompts and outputs, fewer rates, shorter runs.
 """
 
@@ -38,6 +41,9 @@ MODEL_ID = "smollm2-135m-instruct"
 MAX_BATCH = 16
 WORDS = ("the", "data", "model", "server", "queue", "token", "batch", "event", "cache", "request", "reply", "time")
 FULL = {"rates": (0.25, 0.5, 1.0, 2.0), "prompt": (16, 512), "output": (8, 256), "duration": 60.0}
+# Batch size 1 saturates near 1 req/s on two cores: past 2 req/s its queue only grows (minutes of drain).
+CPU = {"rates": (0.5, 1.0, 2.0, 4.0, 8.0), "prompt": (16, 128), "output": (8, 64), "duration": 40.0,
+       "batch1_max_rate": 2.0}
 QUICK = {"rates": (0.25, 1.0), "prompt": (16, 64), "output": (8, 32), "duration": 10.0}
 TARGETS = {"throughput_at_saturation": 1.5, "ttft_p99_at_70pct": 1 / 3}
 
@@ -137,12 +143,14 @@ def summary(out: Outcome, requests: int) -> dict[str, Any]:
             "first_error": out.first_error}
 
 
-def run_config(config: str, plan: dict[float, list[Arrival]]) -> dict[float, dict[str, Any]]:
+def run_config(config: str, plan: dict[float, list[Arrival]], max_rate: float) -> dict[float, dict[str, Any]]:
     results = {}
     with predictor(server_args(config), f"generate-serving-{config}") as (proc, _):
         pid = proc.process.pid if proc.process else None
         asyncio.run(open_loop(proc.url, workload(1.0, 2.0, (16, 32), (4, 8), seed=99)))  # warm the path
         for rate, arrivals in plan.items():
+            if rate > max_rate:
+                continue
             cpu = cpu_now(pid)
             out = asyncio.run(open_loop(proc.url, arrivals))
             results[rate] = {**summary(out, len(arrivals)), **cpu_usage(cpu, out.wall_s, pid)}
@@ -152,16 +160,21 @@ def run_config(config: str, plan: dict[float, list[Arrival]]) -> dict[float, dic
 
 def main() -> None:
     args = parse_args(__doc__)
-    shape = QUICK if args.quick else FULL
+    import torch
+
+    shape = QUICK if args.quick else FULL if torch.cuda.is_available() else CPU
     duration = args.duration or shape["duration"]
     plan = {rate: workload(rate, duration, shape["prompt"], shape["output"], seed=int(rate * 1000))
             for rate in shape["rates"]}
     machine = machine_info()
-    runs = {config: run_config(config, plan) for config in CONFIGS}
+    limit = {"batch-1": shape.get("batch1_max_rate", math.inf)}
+    runs = {config: run_config(config, plan, limit.get(config, math.inf)) for config in CONFIGS}
 
     rows = []
     for rate in plan:
         for config in CONFIGS:
+            if rate not in runs[config]:
+                continue
             r = runs[config][rate]
             rows.append([f"{rate:g}", config, r["tokens_per_s"], r["ttft_p50_ms"], r["ttft_p99_ms"], r["tpot_p50_ms"],
                          r["e2e_p50_ms"], r["e2e_p99_ms"], f"{r['requests'] - r['errors']}/{r['requests']}",
@@ -188,9 +201,8 @@ def main() -> None:
              f"{shape['prompt'][0]}-{shape['prompt'][1]} words (~tokens), max_tokens {shape['output'][0]}-"
              f"{shape['output'][1]} with ignore_eos, greedy, streamed. Static batches up to {MAX_BATCH}; continuous "
              f"runs up to {MAX_BATCH} sequences.")
-    other = {f"{config} @ {rate:g}": runs[config][rate]["other_cores"] for config in CONFIGS for rate in plan}
-    errors = [f"{c} @ {rate:g}: {runs[c][rate]['first_error']}" for c in CONFIGS for rate in plan
-              if runs[c][rate]["first_error"]]
+    other = {f"{config} @ {rate:g}": r["other_cores"] for config in CONFIGS for rate, r in runs[config].items()}
+    errors = [f"{c} @ {rate:g}: {r['first_error']}" for c in CONFIGS for rate, r in runs[c].items() if r["first_error"]]
     notes += "\n\n" + noise_note(other) + ("\n\nFirst errors: " + "; ".join(errors) if errors else "")
     report("Generation serving: continuous vs static vs batch size 1", machine, [notes, results, ratios],
            "generate_serving", {"shape": shape, "duration_s": duration, "runs": runs,
