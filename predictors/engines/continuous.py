@@ -4,10 +4,10 @@ transformers' ``ContinuousBatchingManager`` owns the paged KV cache, the schedul
 under ``max_batch_tokens``) and the decoding thread; this module feeds it requests and turns its
 per-step outputs into kzero results. Per request: max tokens and EOS (``ignore_eos`` as EOS -1) go to
 the manager; temperature and top_p through its per-request logits processors; greedy rows and
-``min_tokens`` through one more per-request processor of ours (:class:`_RequestMask`); stop strings,
-streaming and hold-back through :class:`~predictors.engines.generate.Row`, which cancels the request
-in the manager the step a stop string appears. A per-request seed cannot be honoured (the batch
-shares one random generator), so it is refused rather than ignored.
+``min_tokens`` through one more per-request processor of ours (:class:`_RequestMask`); a per-request
+seed through a last one (:class:`_SeededPick`), since the batch shares one random generator; stop
+strings, streaming and hold-back through :class:`~predictors.engines.generate.Row`, which cancels the
+request in the manager the step a stop string appears.
 """
 
 from __future__ import annotations
@@ -105,6 +105,56 @@ def _request_mask_class() -> type:
     return _RequestMask
 
 
+_MASK64 = 2**64 - 1
+
+
+def seeded_uniform(seed: int, position: int) -> int:
+    """A number in [1, 2**31) decided by ``seed`` and the token's position alone (SplitMix64's finalizer)."""
+    z = (seed * 0x9E3779B97F4A7C15 + position + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return max(1, (z ^ (z >> 31)) >> 33)
+
+
+def _seeded_pick_class() -> type:
+    """Our seeded-sampling processor, built on first use like :func:`_request_mask_class`."""
+    import torch
+    from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
+
+    class _SeededPick(ContinuousBatchingLogitsProcessor):
+        """A seeded row draws its token itself, by inverse CDF over its final distribution (after temperature
+        and top_p) with :func:`seeded_uniform` of its seed and position, and masks every other token, so the
+        manager's shared sampler can only take that one: the row's draws do not depend on the other rows.
+        Unseeded rows (argument 0) pass through.
+        """
+
+        supported_kwargs: dict[str, type] = {"kzero_seed": int}
+        ignored_kwargs: tuple[str, ...] = ()
+
+        def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
+            int32_tensor.fill_(0)
+
+        def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
+            data = []
+            for future in requests_with_new_token:
+                seed = future.state.logit_processor_kwargs.get("kzero_seed", -1)
+                data.append(0 if seed < 0 else seeded_uniform(seed, future.state.generated_len()))
+            return torch.tensor(data, dtype=torch.int32, device="cpu")
+
+        def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+            arg = tensor_arg[: scores.size(0)]
+            seeded = arg > 0
+            if scores.device.type == "cpu" and not bool(seeded.any()):  # no sync to avoid on CUDA graphs
+                return scores
+            cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+            target = (arg.float() / 2**31 * cdf[:, -1]).unsqueeze(-1)
+            pick = torch.searchsorted(cdf, target).clamp_(max=scores.size(-1) - 1)
+            keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, pick, True)
+            return scores.masked_fill(seeded.unsqueeze(-1) & ~keep, float("-inf"))
+
+    return _SeededPick
+
+
 class _Live:
     """One request inside the manager, on the event loop."""
 
@@ -193,8 +243,12 @@ class ContinuousGenerateEngine:
         processors = manager.logit_processor
         mask = _request_mask_class()(eos)
         processors.logits_processor.insert(0, mask)
-        processors.tensors_required += 1
+        # The seeded pick runs last: it draws from the distribution temperature and top_p leave.
+        pick = _seeded_pick_class()()
+        processors.logits_processor.append(pick)
+        processors.tensors_required += 2
         processors.supported_keys.update(mask.supported_kwargs)
+        processors.supported_keys.update(pick.supported_kwargs)
         processors.do_processing = True
         manager.start()
         self._manager = manager
@@ -241,6 +295,7 @@ class ContinuousGenerateEngine:
             "top_p": float(params.top_p),
             "kzero_greedy": params.greedy,
             "kzero_min_tokens": int(params.min_tokens),
+            "kzero_seed": -1 if params.seed is None or params.greedy else int(params.seed),
         }
 
     async def generate(

@@ -110,10 +110,6 @@ class GenerateTask:
         if parameters.min_tokens > max_new:
             raise InvalidInput(field_path(field, ("min_tokens",)),
                                f"{parameters.min_tokens} is more than max_new_tokens ({max_new})")
-        if parameters.seed is not None and self.continuous:
-            # The running batch shares one random generator: a seed could not make a row reproducible.
-            raise InvalidInput(field_path(field, ("seed",)),
-                               "per-request seeds need the static engine (--engine static)")
         if parameters.repetition_penalty != 1.0 and self.continuous:
             # transformers' per-request processors see scores only, not each row's earlier tokens.
             raise InvalidInput(field_path(field, ("repetition_penalty",)),

@@ -11,7 +11,12 @@ import pytest
 
 from predictors.config import EngineConfig, LimitsConfig
 from predictors.device import resolve_placement
-from predictors.engines.continuous import ContinuousGenerateEngine, _request_mask_class
+from predictors.engines.continuous import (
+    ContinuousGenerateEngine,
+    _request_mask_class,
+    _seeded_pick_class,
+    seeded_uniform,
+)
 from predictors.engines.generate import GenerateEngine, GenerationRequest, GenerationResult, SamplingParams
 from predictors.tasks.generate import GenerateTask, GenerationParameters
 from serving.errors import InvalidInput
@@ -115,6 +120,42 @@ async def test_stop_strings_end_the_row_and_stream_with_hold_back(engine: Contin
     await until(lambda: not engine._manager.batch_processor.scheduler.active_requests, "the stopped row leaves")
 
 
+async def test_a_seed_makes_a_sampled_row_reproducible_whatever_runs_beside_it(
+    engine: ContinuousGenerateEngine,
+) -> None:
+    def seeded(seed: int) -> GenerationRequest:
+        return request(engine, max_new_tokens=30, ignore_eos=True, temperature=1.5, top_p=0.95, seed=seed)
+
+    alone = await generate(engine, seeded(11))
+    crowded = await asyncio.gather(
+        generate(engine, seeded(11)),
+        generate(engine, request(engine, "other prompt", max_new_tokens=30, ignore_eos=True, temperature=1.5)),
+        generate(engine, seeded(12)),
+        generate(engine, request(engine, max_new_tokens=30, ignore_eos=True)),
+    )
+    assert crowded[0].text == alone.text  # same seed, other rows in the batch: the same draws
+    assert crowded[2].text != alone.text  # another seed draws otherwise (30 near-uniform characters)
+    unseeded = [await generate(engine, request(engine, max_new_tokens=30, ignore_eos=True, temperature=1.5))
+                for _ in range(2)]
+    assert unseeded[0].text != unseeded[1].text  # without a seed the shared generator still samples
+
+
+def test_the_seeded_pick_draws_by_inverse_cdf_and_leaves_unseeded_rows() -> None:
+    import torch
+
+    pick = _seeded_pick_class()()
+    scores = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 3))
+    # rows: unseeded; u just under 0.1 (first token); u at 0.55 (third token: cdf 0.1, 0.3, 0.6, 1.0)
+    arg = torch.tensor([0, int(0.099 * 2**31), int(0.55 * 2**31)], dtype=torch.int32)
+    out = pick(scores.clone(), arg)
+    assert torch.equal(out[0], scores[0])
+    assert torch.isfinite(out[1]).tolist() == [True, False, False, False]
+    assert torch.isfinite(out[2]).tolist() == [False, False, True, False]
+    draws = {seeded_uniform(5, position) for position in range(100)}
+    assert len(draws) == 100 and all(1 <= u < 2**31 for u in draws)
+    assert seeded_uniform(5, 3) == seeded_uniform(5, 3) != seeded_uniform(6, 3)
+
+
 def test_the_request_mask_keeps_argmax_and_holds_eos_back() -> None:
     import torch
 
@@ -136,9 +177,7 @@ def test_admission_by_tokens_and_unsupported_settings_are_400(lm_path: Path) -> 
     with pytest.raises(InvalidInput, match=r"kv_cache_memory_gb\) holds") as err:
         task.request(task.engine.encode_prompt("hello"), params, "instances[0]")
     assert err.value.field == "instances[0]"
-    with pytest.raises(InvalidInput, match="static engine") as err:
-        task.sampling(GenerationParameters(seed=3))
-    assert err.value.field == "parameters.seed"
+    assert task.sampling(GenerationParameters(seed=3)).seed == 3  # honoured per row (see the seeded test)
     with pytest.raises(InvalidInput, match="static engine") as err:
         task.sampling(GenerationParameters(repetition_penalty=1.3))
     assert err.value.field == "parameters.repetition_penalty"

@@ -56,9 +56,12 @@ async def test_v1_v2_and_openai_routes_with_request_extras(server: PredictorProc
         response = await client.post(f"/v2/models/{NAME}/infer", json=v2)
         assert response.status_code == 200, response.text
         assert len(response.json()["outputs"][0]["data"][0]) == 5  # one character per token
-        response = await client.post(f"/v1/models/{NAME}:predict",
-                                     json={"instances": ["hi"], "parameters": {"seed": 1}})
-        assert response.status_code == 400 and "parameters.seed" in response.json()["error"]
+        seeded = {"instances": ["hi"], "parameters": {"seed": 1, "temperature": 1.5, "max_new_tokens": 12,
+                                                         "ignore_eos": True}}
+        answers = [(await client.post(f"/v1/models/{NAME}:predict", json=seeded)).json()["predictions"][0]
+                   for _ in range(2)]
+        assert answers[0]["usage"]["completion_tokens"] == 12
+        assert answers[0]["text"] == answers[1]["text"]  # a per-request seed, honoured on this engine
         response = await client.post(f"/v1/models/{NAME}:predict",
                                      json={"instances": ["hi"], "parameters": {"max_new_tokens": 2100}})
         assert response.status_code == 400 and "--kv_cache_memory_gb" in response.json()["error"]
