@@ -35,6 +35,7 @@ from observability.logs import LogConfig, setup_logging
 from observability.telemetry import Telemetry
 from serving.access import GrpcAccess, HttpAccess, describe
 from serving.auth import ApiKeys
+from serving.disconnect import CancelOnDisconnect
 from serving.errors import InvalidInput, NotFound, ServingError, Unavailable
 from serving.http_protocol import guarded_http_protocol
 from serving.limits import RequestGuard, RequestLimits
@@ -227,7 +228,9 @@ class KzeroServer(ModelServer):
     def start(self, models: list[Any] | None = None) -> None:
         from kserve.model_server import app
 
-        # First, so innermost: metrics and spans see its 413/415/500, and it sees every route's exception.
+        # Innermost: a handler whose client left is cancelled inside every other layer.
+        app.add_middleware(CancelOnDisconnect)
+        # Next, so metrics and spans see its 413/415/500, and it sees every route's exception.
         app.add_middleware(RequestGuard, max_request_bytes=self._request_limits.max_request_bytes)
         # Triton's body rules on the v2 infer route come before KServe's, for predictor and transformer.
         routers = [v2_infer_router(self.dataplane), *self._routers(self.dataplane)]

@@ -108,3 +108,30 @@ async def test_a_cancelled_grpc_call_leaves_the_batch(server: PredictorProcess) 
                 "the cancel is counted")
     await until(lambda: metric(server, "kzero_generation_running") == 0
                 and metric(server, "kzero_kv_cache_usage_ratio") == 0, "its slot and blocks are free")
+
+
+@pytest.mark.parametrize("route", ["v1", "openai"])
+async def test_a_client_that_leaves_a_plain_json_request_takes_its_row_out(
+    server: PredictorProcess, route: str,
+) -> None:
+    """Not streamed: nothing is written until the end, so only the connection tells the client has gone."""
+    if route == "v1":
+        path, body = f"/v1/models/{NAME}:predict", {"instances": ["a"],
+                                                     "parameters": {"max_new_tokens": 1000, "ignore_eos": True}}
+    else:
+        path, body = "/openai/v1/completions", {"model": NAME, "prompt": "a", "max_tokens": 1000, "ignore_eos": True}
+    cancelled_before = metric(server, "kzero_cancelled_requests_total", reason="disconnect")
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+        call = asyncio.ensure_future(client.post(path, json=body))
+        await until(lambda: metric(server, "kzero_generation_running") == 1, "the request decodes")
+        call.cancel()  # closes the connection, as a client process that dies or times out does
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await until(lambda: metric(server, "kzero_cancelled_requests_total", reason="disconnect") == cancelled_before + 1,
+                "the disconnect is counted")
+    await until(lambda: metric(server, "kzero_generation_running") == 0
+                and metric(server, "kzero_kv_cache_usage_ratio") == 0, "its slot and blocks are free")
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:  # the server answers on
+        response = await client.post(path, json={**body, **({"max_tokens": 3} if route == "openai" else
+                                                              {"parameters": {"max_new_tokens": 3}})})
+        assert response.status_code == 200, response.text
