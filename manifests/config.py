@@ -7,6 +7,7 @@ time with the field named, not at 3 a.m. on the cluster.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, WorkerConfig
 from manifests.presets import Gpu, GpuProduct, preset_fields
-from manifests.sizing import Footprint, choose_gpu, footprint_for
+from manifests.sizing import GIB, Footprint, choose_gpu, footprint_for
 from predictors.batcher import BatcherConfig
 from predictors.config import LimitsConfig, PredictorConfig
 from serving.defaults import default_of
@@ -87,6 +88,9 @@ class Profile(_Model):
     scale_down_delay: Duration
     window: Duration
     progress_deadline: Duration
+    kv_cache_memory_gb: float | None = Field(
+        default=None, gt=0, description="the continuous engine's paged KV cache (--kv_cache_memory_gb); with a "
+                                        "generate preset, default: sized for max_batch_size sequences")
 
     @model_validator(mode="after")
     def _knative_bounds(self) -> Profile:
@@ -386,6 +390,9 @@ class DeployConfig(_Model):
             resources["gpus"] = 1
         if resources:
             update["resources"] = profile.resources.model_copy(update=resources)
+        if footprint is not None and footprint.kv_cache and profile.kv_cache_memory_gb is None:
+            # The continuous engine gets the KV cache the footprint sized (and the memory request covers).
+            update["kv_cache_memory_gb"] = math.ceil(footprint.kv_cache / GIB * 100) / 100
         if gpu is not None:
             update["node_selector"] = {**profile.node_selector, GPU_PRODUCT_LABEL: gpu.product}
         return profile.model_copy(update=update)

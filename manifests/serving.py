@@ -51,11 +51,14 @@ def predictor_args(config: DeployConfig) -> list[str]:
         args += ["--max_input_tokens", str(p.max_input_tokens)]
     if p.max_new_tokens is not None:
         args += ["--max_new_tokens", str(p.max_new_tokens)]
+    if p.task == "generate":  # the continuous engine's sequences at once: what sizing and scaling assume
+        args += ["--max_num_seqs", str(p.max_batch_size)]
     return args
 
 
 def profile_args(profile: Profile) -> list[str]:
-    return ["--device", profile.device, "--dtype", profile.dtype]
+    kv = ["--kv_cache_memory_gb", _num(profile.kv_cache_memory_gb)] if profile.kv_cache_memory_gb else []
+    return ["--device", profile.device, "--dtype", profile.dtype, *kv]
 
 
 def transformer_args(config: DeployConfig) -> list[str]:

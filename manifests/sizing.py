@@ -7,9 +7,11 @@
 
 The tokens are the most one sequence can hold (``max_input_tokens + max_new_tokens``, at most the
 model's context length); the sequences are ``max_batch_size``, the most the generate engine runs at
-once (padded to the longest, so each row may reach the token bound). That is the static engine, the
-one the manifests deploy; ``--engine continuous`` bounds its paged cache by ``--kv_cache_memory_gb``
-instead, which these manifests do not set. Encoders keep no KV cache.
+once: the static engine's batch (padded to the longest, so each row may reach the token bound), and
+the continuous engine's ``--max_num_seqs``, which the manifests render from it. The continuous engine
+(the default) holds its paged cache to ``--kv_cache_memory_gb``: the manifests render it from this
+KV figure, so the budget the predictor allocates is the one the memory request covers. Encoders keep
+no KV cache.
 
 The predictor runs a model on one device (no tensor parallelism, no ``device_map`` sharding), so a
 model that needs more than one GPU is refused with this arithmetic rather than rendered to fail at

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_instances", type=int, default=default_of(LimitsConfig, "max_instances"))
     p.add_argument("--max_input_tokens", type=int, default=default_of(LimitsConfig, "max_input_tokens"))
     p.add_argument("--max_new_tokens", type=int, default=default_of(LimitsConfig, "max_new_tokens"))
-    p.add_argument("--engine", choices=get_args(EngineKind), default=default_of(EngineConfig, "engine"),
-                   help="generation engine: static batches, or continuous batching (token-level)")
+    p.add_argument("--engine", choices=get_args(EngineKind),
+                   help=f"generation engine: continuous batching (token-level) or static batches (default "
+                        f"{default_of(EngineConfig, 'engine')}; static when --lora is given)")
     p.add_argument("--max_num_seqs", type=int, default=default_of(EngineConfig, "max_num_seqs"),
                    help="continuous: sequences decoding at once")
     p.add_argument("--kv_cache_memory_gb", type=float, default=default_of(EngineConfig, "kv_cache_memory_gb"),
@@ -92,7 +93,7 @@ def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorC
             max_new_tokens=args.max_new_tokens,
         ),
         generation=EngineConfig(
-            engine=args.engine,
+            **({"engine": args.engine} if args.engine else {}),  # unset: the default, or static for --lora
             max_num_seqs=args.max_num_seqs,
             kv_cache_memory_gb=args.kv_cache_memory_gb,
             max_batch_tokens=args.max_batch_tokens,

@@ -70,7 +70,7 @@ def test_predictor_flags() -> None:
     required = ("--task", "embed", "--model_id", "all-minilm-l6-v2")
     values = defaults(predictor_parser(), *required)
     assert mismatches(values, [PredictorConfig, BatcherConfig, LimitsConfig, EngineConfig, RequestLimits],
-                      {"cache_dir"}) == []
+                      {"cache_dir", "engine"}) == []  # engine: the default, or static for --lora
     assert {"max_batch_size", "load_wait_s", "max_instances", "max_request_bytes"} <= set(values)
     built = predictor_config(list(required), {"KZERO_CACHE_DIR": "/cache"})
     expected = PredictorConfig(task="embed", model_id="all-minilm-l6-v2", cache_dir="/cache")  # type: ignore[arg-type]

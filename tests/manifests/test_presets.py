@@ -171,9 +171,14 @@ def test_the_overlays_carry_the_sizing() -> None:
     assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"] == "17Gi"
     assert flag(container["args"], "--max_input_tokens") == "3584"
     assert flag(container["args"], "--max_new_tokens") == "512"
+    # The continuous engine (the default) gets the sized KV cache for its 8 sequences: 2 x 32 layers x 8 KV
+    # heads x 128 x 2 bytes = 128 KiB per token, x 4096 tokens x 8 sequences = 4 GiB.
+    assert flag(container["args"], "--max_num_seqs") == "8"
+    assert flag(container["args"], "--kv_cache_memory_gb") == "4"
     cpu = find(overlay_documents(config, "cpu"), "InferenceService")["spec"]["predictor"]
     # fp32 on CPU: weights 29.92 GiB + KV 8 GiB + 10% + 2 GiB = 43.71 GiB: 44Gi, and no GPU selector.
     assert cpu["containers"][0]["resources"]["requests"]["memory"] == "44Gi"
+    assert flag(cpu["containers"][0]["args"], "--kv_cache_memory_gb") == "8"
     assert "nodeSelector" not in cpu
 
 

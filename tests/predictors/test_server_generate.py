@@ -16,7 +16,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 
 from serving.launch import PredictorProcess
 from tests.conftest import start_predictor
-from tests.predictors.metrics import batch_histogram
+from tests.predictors.metrics import batch_histogram, scrape, value
 
 pytestmark = pytest.mark.slow
 
@@ -119,11 +119,36 @@ async def test_openai_errors_use_openai_shapes(generate_server: PredictorProcess
         await client.embeddings.create(model="smol", input="x")
 
 
-async def test_concurrent_generations_batch_and_keep_their_answers(generate_server: PredictorProcess) -> None:
+def _first_tokens(server: PredictorProcess) -> float:
+    return value(scrape(server.url), "kzero_time_to_first_token_seconds_count", model="smol") or 0.0
+
+
+async def test_concurrent_generations_share_the_running_batch_and_keep_their_answers(
+    generate_server: PredictorProcess,
+) -> None:
+    """The default engine is the continuous one: each request joins the running batch (its first token is
+    counted once), and greedy answers do not depend on the rows beside them."""
     alone = [(await v1(generate_server, prompt_body(p)))["predictions"][0]["text"] for p in PROMPTS[:4]]
-    before = batch_histogram(generate_server.url, "smol")
+    before = _first_tokens(generate_server)
     together = await asyncio.gather(*(v1(generate_server, prompt_body(p)) for p in PROMPTS))
-    after = batch_histogram(generate_server.url, "smol")
+    assert _first_tokens(generate_server) - before == len(PROMPTS)
+    assert [r["predictions"][0]["text"] for r in together[:4]] == alone
+
+
+@pytest.fixture(scope="module")
+def static_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[PredictorProcess]:
+    args = ["--task", "generate", "--model_id", "smollm2-135m-instruct", "--cache_dir", str(model_cache),
+            "--engine", "static", "--max_batch_size", "16", "--max_batch_latency_ms", "20", "--max_new_tokens", "128"]
+    server = start_predictor(tmp_path_factory, "smol", args)
+    yield server
+    assert server.stop() == 0
+
+
+async def test_the_static_engine_batches_concurrent_generations(static_server: PredictorProcess) -> None:
+    alone = [(await v1(static_server, prompt_body(p)))["predictions"][0]["text"] for p in PROMPTS[:4]]
+    before = batch_histogram(static_server.url, "smol")
+    together = await asyncio.gather(*(v1(static_server, prompt_body(p)) for p in PROMPTS))
+    after = batch_histogram(static_server.url, "smol")
     assert after.sum - before.sum == len(PROMPTS)
     assert after.multi > before.multi
     assert [r["predictions"][0]["text"] for r in together[:4]] == alone

@@ -9,7 +9,7 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from predictors.config import LimitsConfig
+from predictors.config import EngineConfig, LimitsConfig
 from predictors.device import resolve_placement
 from predictors.tasks.embed import EmbedTask
 from predictors.tasks.generate import GenerateTask
@@ -21,7 +21,9 @@ LIMITS = LimitsConfig(max_instances=4, max_input_tokens=40, max_new_tokens=30, d
 
 @pytest.fixture(scope="module")
 def generate(tmp_path_factory: pytest.TempPathFactory) -> GenerateTask:
-    return GenerateTask.load(tiny_causal_lm(tmp_path_factory.mktemp("lm")), resolve_placement("cpu", "auto"), LIMITS)
+    # The wire formats around the static engine's run_batch (the continuous one: tests/predictors/test_continuous.py).
+    return GenerateTask.load(tiny_causal_lm(tmp_path_factory.mktemp("lm")), resolve_placement("cpu", "auto"), LIMITS,
+                             EngineConfig(engine="static"))
 
 
 @pytest.fixture(scope="module")
