@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -12,6 +13,17 @@ from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import ValidationError
+
+
+class _AppendAdapter(argparse.Action):
+    """``--lora NAME=PATH``, repeatable, into a tuple (the config's default is the empty tuple)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any,
+                 option: str | None = None) -> None:
+        name, sep, path = str(value).partition("=")
+        if not sep or not name or not path:
+            parser.error(f"{option} {value!r}: expected NAME=PATH (an adapter name and its directory)")
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest), (name, Path(path))))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_keys_argument(p)
     p.add_argument("--enable_model_repository", action="store_true", default=default("enable_model_repository"),
                    help="serve the repository load/unload routes (behind the API keys)")
+    p.add_argument("--lora", action=_AppendAdapter, default=default("lora"), metavar="NAME=PATH",
+                   help="a peft LoRA adapter directory served beside the base model as NAME (repeatable; "
+                        "generate, static engine)")
     return p
 
 
@@ -107,6 +122,8 @@ def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorC
         workers=args.workers,
         auth=AuthConfig.from_sources(env, args.api_keys_file),
         enable_model_repository=args.enable_model_repository,
+        # Plain values, so a bad name is reported as ``lora.N.name``.
+        lora=tuple({"name": name, "path": path} for name, path in args.lora),  # type: ignore[arg-type]
     )
 
 
@@ -119,34 +136,44 @@ def _seconds_since_process_start() -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from predictors.engines.lora import check_adapter_dir
     from serving.auth import ApiKeys, AuthConfigError
+    from serving.errors import InvalidInput
 
     try:
         config = config_from_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
         api_keys = ApiKeys.from_config(config.auth)
+        for adapter in config.lora:  # a malformed adapter stops the start, before the model loads
+            check_adapter_dir(adapter.path, f"--lora {adapter.name}")
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "arguments"
         print(f"python -m predictors: invalid {where}: {first['msg']}", file=sys.stderr)
         return 2
-    except AuthConfigError as err:
+    except (AuthConfigError, InvalidInput) as err:
         print(f"python -m predictors: {err}", file=sys.stderr)
         return 2
 
-    from observability.logs import LogConfig
+    from observability.logs import LogConfig, setup_logging
+    from predictors.preload import EarlyLoad, load_quietly
+
+    try:  # a bad KZERO_LOG_* value names the variable
+        log_config = LogConfig.from_env(os.environ)
+    except ValueError as err:
+        print(f"python -m predictors: {err}", file=sys.stderr)
+        return 2
+    setup_logging(log_config)  # before the load starts, so its lines (a GGUF conversion) are kept
+    # Settings are valid: the model loads while the server stack below imports and sets up.
+    loader = EarlyLoad(functools.partial(load_quietly, config))
+
     from observability.telemetry import setup_telemetry
-    from predictors.loading import load_task
     from predictors.metrics import PredictorMetrics
     from predictors.model import BatchedModel
     from predictors.routes import predictor_routers
     from serving.server import KzeroServer, serve
 
     import_s = _seconds_since_process_start()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:  # a bad KZERO_LOG_* or OTEL_* value (TelemetryConfigError is a ValueError) names the variable
-        log_config = LogConfig.from_env(os.environ)
+    try:  # a bad OTEL_* value (TelemetryConfigError is a ValueError) names the variable
         telemetry = setup_telemetry(f"kzero-predictor-{config.model_name}", dict(os.environ))
     except ValueError as err:
         print(f"python -m predictors: {err}", file=sys.stderr)
@@ -156,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracer = telemetry.tracer("kzero.predictors")
     model = BatchedModel(
         config.model_name,
-        lambda: load_task(config),
+        loader,
         config.batcher,
         load_wait_s=config.load_wait_s,
         retry_after_s=config.retry_after_s,

@@ -15,6 +15,16 @@ from serving.packaged import PACKAGED_MODELS
 Task = Literal["embed", "generate"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 EngineKind = Literal["static", "continuous"]
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # as a model name: the OpenAI ``model`` field selects it
+
+
+class LoraAdapter(BaseModel):
+    """A peft LoRA adapter directory served beside the base model under ``name`` (``--lora NAME=PATH``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, pattern=ADAPTER_NAME)
+    path: Path
 
 
 class LimitsConfig(BaseModel):
@@ -67,6 +77,7 @@ class PredictorConfig(BaseModel):
     workers: int = Field(default=1, ge=1)
     auth: AuthConfig = AuthConfig()
     enable_model_repository: bool = False
+    lora: tuple[LoraAdapter, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -102,4 +113,18 @@ class PredictorConfig(BaseModel):
                 "worker would load another copy of the model (kserve#3662) and split the batches. "
                 "Scale with replicas instead."
             )
+        self._check_lora()
         return self
+
+    def _check_lora(self) -> None:
+        names = [a.name for a in self.lora]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lora: adapter names must be unique, got {', '.join(names)}")
+        if self.model_name in names:
+            raise ValueError(f"lora: adapter {self.model_name!r} has the base model's name (--model_name)")
+        if self.lora and self.task != "generate":
+            raise ValueError("lora: adapters need --task generate")
+        if self.lora and self.generation.engine != "static":
+            # transformers' continuous batching runs the bare model: it cannot apply an adapter per row.
+            raise ValueError("lora: adapters need the static engine (--engine static); the continuous engine "
+                             "cannot apply a LoRA adapter per request")

@@ -46,6 +46,11 @@ def load_task(config: PredictorConfig) -> tuple[TaskAdapter[Any, Any], LoadRepor
     mark = time.perf_counter()
     task = task_loaders(config.generation)[config.task](report.path, placement, config.limits)
     report.phases["load"] = time.perf_counter() - mark
+    if config.lora:  # the config allows adapters only with the static generate engine
+        mark = time.perf_counter()
+        for adapter in config.lora:
+            task.engine.adapters.load(adapter.name, adapter.path)
+        report.phases["adapters"] = time.perf_counter() - mark
     mark = time.perf_counter()
     task.engine.warmup()
     report.phases["warmup"] = time.perf_counter() - mark

@@ -63,6 +63,13 @@ class PredictorMetrics(ServerMetrics):
             unit="{request}")
         self._kv_usage = DualGauge(
             meter, registry, "kzero_kv_cache_usage_ratio", "Fraction of the paged KV cache in use", ["model"])
+        # Per LoRA adapter; the base model's rows are the totals above less these.
+        self._adapter_requests = DualCounter(
+            meter, registry, "kzero_adapter_requests_total", "Generation rows run with a LoRA adapter",
+            ["model", "adapter"], unit="{request}")
+        self._adapter_tokens = DualCounter(
+            meter, registry, "kzero_adapter_generated_tokens_total", "Completion tokens generated with a LoRA adapter",
+            ["model", "adapter"], unit="{token}")
 
     def generation_done(
         self, model: str, prompt_tokens: int, completion_tokens: int,
@@ -77,6 +84,12 @@ class PredictorMetrics(ServerMetrics):
         if per_token_s is not None:
             self._tpot.record(per_token_s, model)
         self._generation_duration.record(total_s, model)
+
+    def adapter_generated(self, model: str, adapter: str, tokens: int) -> None:
+        """One row of ``adapter`` finished with ``tokens`` completion tokens."""
+        self._adapter_requests.add(1, model, adapter)
+        if tokens > 0:
+            self._adapter_tokens.add(tokens, model, adapter)
 
     def cancelled(self, model: str, reason: str) -> None:
         self._cancelled.add(1, model, reason)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kserve import Model
@@ -105,6 +106,36 @@ class BatchedModel(Model):
             return None
         stats = scheduler.stats()
         return stats.running, stats.waiting, stats.kv_usage
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The LoRA adapters loaded beside the base model (none while it is not loaded)."""
+        return tuple(getattr(self._task, "adapter_names", ()))
+
+    @property
+    def takes_adapters(self) -> bool:
+        """Loaded, with an engine that applies LoRA adapters (static generation)."""
+        return getattr(getattr(self._task, "engine", None), "adapters", None) is not None
+
+    def _adapters(self) -> Any:
+        if not self.takes_adapters:
+            raise InvalidInput("model_name", f"model {self.name} takes no adapters now: LoRA adapters need "
+                                             "--task generate with --engine static, and the model loaded")
+        return self.task.engine.adapters
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Apply a LoRA adapter on the model thread, between batches; a directory peft cannot apply is a 400."""
+        await self.wait_ready()
+        adapters = self._adapters()
+        await asyncio.get_running_loop().run_in_executor(self._executor, adapters.load, name, path)
+        log.info("adapter %s of model %s loaded from %s", name, self.name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Queued rows of the adapter fail with 404 when their batch runs."""
+        await self.wait_ready()
+        adapters = self._adapters()
+        await asyncio.get_running_loop().run_in_executor(self._executor, adapters.unload, name)
+        log.info("adapter %s of model %s unloaded", name, self.name)
 
     def load(self) -> bool:
         # KServe calls this synchronously when a request finds the model not ready; loading
@@ -223,6 +254,9 @@ class BatchedModel(Model):
         parent = None if trace.get_current_span().get_span_context().is_valid else extract(headers)
         model = {semconv.KZERO_MODEL: self.name, semconv.GEN_AI_REQUEST_MODEL: self.name,
                  semconv.GEN_AI_OPERATION: self.operation(operation)}
+        adapter = getattr(items[0], "adapter", None) if items else None  # one per request
+        if adapter is not None:
+            model[semconv.KZERO_ADAPTER] = adapter
         attributes = {**model, semconv.KZERO_ITEMS: len(items)}
         with self._tracer.start_as_current_span(f"infer {self.name}", context=parent, attributes=attributes) as span:
             submitted = time.monotonic()
@@ -303,8 +337,11 @@ class BatchedModel(Model):
         links = [Link(c) for s in spans.values() if (c := s.get_span_context()).is_valid]
         loop = asyncio.get_running_loop()
         engine = self.task.engine
-        attributes = {semconv.KZERO_BATCH_SIZE: len(works), semconv.GEN_AI_REQUEST_MODEL: self.name,
-                      semconv.GEN_AI_OPERATION: self.operation()}
+        attributes: dict[str, Any] = {semconv.KZERO_BATCH_SIZE: len(works), semconv.GEN_AI_REQUEST_MODEL: self.name,
+                                      semconv.GEN_AI_OPERATION: self.operation()}
+        adapters = sorted({a for w in works if (a := getattr(w.item, "adapter", None)) is not None})
+        if adapters:
+            attributes[semconv.KZERO_ADAPTERS] = adapters
         token = otel_context.attach(otel_context.Context())  # a batch is a root linked to its requests
         try:
             with self._tracer.start_as_current_span(f"batch {self.name}", links=links, attributes=attributes) as span:
@@ -322,6 +359,9 @@ class BatchedModel(Model):
         finally:
             otel_context.detach(token)
         self._metrics.generated(self.name, tokens, time.monotonic() - started)
+        for work, out in zip(works, outputs, strict=True):
+            if (adapter := getattr(work.item, "adapter", None)) is not None and not isinstance(out, BaseException):
+                self._metrics.adapter_generated(self.name, adapter, out.completion_tokens)
         return outputs
 
 

@@ -22,11 +22,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from predictors.engines.generate import GenerationRequest, GenerationResult, TextSink
 from predictors.tasks.embed import EmbedTask
 from predictors.tasks.generate import ChatMessage, GenerateInstance, GenerateTask, GenerationParameters
+from serving import item_trace
 from serving.errors import InvalidInput, ModelNotFound, ServingError
 from serving.openai_wire import (
+    KZERO_FIELD,
     ChatBody,
     CompletionBody,
     EmbeddingsBody,
+    KzeroEmbeddings,
     OpenAIBody,
     SamplingBody,
     json_body,
@@ -68,9 +71,15 @@ def openai_router(model: BatchedModel) -> APIRouter:
     async def body_of(request: Request, schema: type[OpenAIBody]) -> Any:
         body = parse_model(schema, await json_body(request))
         if body.model != model.name:
-            raise ModelNotFound(body.model, [model.name])
+            await model.wait_ready()  # adapters are known once the model is loaded
+            if body.model not in model.adapter_names:
+                raise ModelNotFound(body.model, [model.name, *model.adapter_names])
         await model.wait_ready()
         return body
+
+    def adapter_of(body: OpenAIBody) -> str | None:
+        """The ``model`` field names the base model or one of its LoRA adapters (as vLLM and Ray Serve do)."""
+        return None if body.model == model.name else body.model
 
     def task_of(kind: type, operation: str) -> Any:
         task = model.task
@@ -80,8 +89,11 @@ def openai_router(model: BatchedModel) -> APIRouter:
 
     @route("/models", "GET")
     async def models(_: Request) -> Response:
-        card = {"id": model.name, "object": "model", "created": 0, "owned_by": "kzero"}
-        return JSONResponse({"object": "list", "data": [card]})
+        def card(name: str, parent: str | None) -> dict[str, Any]:
+            return {"id": name, "object": "model", "created": 0, "owned_by": "kzero", "parent": parent}
+
+        cards = [card(model.name, None), *(card(a, model.name) for a in model.adapter_names)]
+        return JSONResponse({"object": "list", "data": cards})
 
     @route("/embeddings", body=EmbeddingsBody)
     async def embeddings(request: Request) -> Response:
@@ -93,17 +105,24 @@ def openai_router(model: BatchedModel) -> APIRouter:
         if body.dimensions not in (None, task.engine.dimension):
             raise InvalidInput("dimensions", f"this model only produces {task.engine.dimension} dimensions")
 
-        def checked() -> tuple[list[str], int]:
-            return task.check_texts(texts, "input"), sum(task.engine.count_tokens(texts))
+        extension = body.kzero or KzeroEmbeddings()
+        parents = item_trace.contexts(extension.traced(), len(texts), KZERO_FIELD)
 
-        texts, tokens = await asyncio.to_thread(checked)  # tokenizes: off the event loop
-        vectors = await model.infer_items(texts, dict(request.headers), "embeddings")
+        def checked() -> tuple[list[str], list[int]]:
+            return task.check_texts(texts, "input"), task.engine.count_tokens(texts)
+
+        texts, counts = await asyncio.to_thread(checked)  # tokenizes: off the event loop
+        vectors = await model.infer_items(texts, dict(request.headers), "embeddings", parents=parents)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)
         ]
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
+        tokens = sum(counts)
+        reply = {"object": "list", "data": data, "model": model.name,
+                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        if extension.input_tokens:
+            reply[KZERO_FIELD] = {"input_tokens": counts}
+        return JSONResponse(reply)
 
     @route("/completions", body=CompletionBody)
     async def completions(request: Request) -> Response:
@@ -117,25 +136,25 @@ def openai_router(model: BatchedModel) -> APIRouter:
         fields = ["prompt"] if isinstance(body.prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
         ids = await asyncio.to_thread(  # tokenizes: off the event loop
             lambda: [task.encode(GenerateInstance(prompt=p), f) for p, f in zip(prompts, fields, strict=True)])
-        reply_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        reply_id, created, adapter = f"cmpl-{uuid.uuid4().hex}", int(time.time()), adapter_of(body)
 
         def chunk(text: str, finish: str | None, index: int = 0) -> dict[str, Any]:
             choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
-            return {"id": reply_id, "object": "text_completion", "created": created, "model": model.name,
+            return {"id": reply_id, "object": "text_completion", "created": created, "model": body.model,
                     "choices": [choice]}
 
         if body.stream:
             if len(prompts) != 1:
                 raise InvalidInput("prompt", "streaming takes a single prompt")
             return _stream(
-                model, lambda sink: task.request(ids[0], params, fields[0], sink), request, "text_completion",
-                opening=None, piece=lambda text: chunk(text, None),
+                model, lambda sink: task.request(ids[0], params, fields[0], sink, adapter), request,
+                "text_completion", opening=None, piece=lambda text: chunk(text, None),
                 closing=lambda r: chunk("", r.finish_reason),
-                usage_chunk=_usage_chunk(body, reply_id, created, model.name, "text_completion"),
+                usage_chunk=_usage_chunk(body, reply_id, created, body.model, "text_completion"),
             )
         results = await model.infer_items(
-            [task.request(i, params, f) for i, f in zip(ids, fields, strict=True)], dict(request.headers),
-            "text_completion",
+            [task.request(i, params, f, adapter=adapter) for i, f in zip(ids, fields, strict=True)],
+            dict(request.headers), "text_completion",
         )
         reply = chunk("", None)
         reply["choices"] = [chunk(r.text, r.finish_reason, n)["choices"][0] for n, r in enumerate(results)]
@@ -150,24 +169,25 @@ def openai_router(model: BatchedModel) -> APIRouter:
         params = task.sampling(parse_model(GenerationParameters, body.parameters(max_tokens)), "")
         instance = GenerateInstance(messages=[ChatMessage(**m.plain()) for m in body.messages])
         ids = await asyncio.to_thread(task.encode, instance, "")
-        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        reply_id, created, adapter = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), adapter_of(body)
 
         def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-            return {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
+            return {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
         if body.stream:
             return _stream(
-                model, lambda sink: task.request(ids, params, "messages", sink), request, "chat",
+                model, lambda sink: task.request(ids, params, "messages", sink, adapter), request, "chat",
                 opening=chunk({"role": "assistant", "content": ""}, None),
                 piece=lambda text: chunk({"content": text}, None),
                 closing=lambda r: chunk({}, r.finish_reason),
-                usage_chunk=_usage_chunk(body, reply_id, created, model.name, "chat.completion.chunk"),
+                usage_chunk=_usage_chunk(body, reply_id, created, body.model, "chat.completion.chunk"),
             )
-        [result] = await model.infer_items([task.request(ids, params, "messages")], dict(request.headers), "chat")
+        [result] = await model.infer_items([task.request(ids, params, "messages", adapter=adapter)],
+                                           dict(request.headers), "chat")
         message = {"role": "assistant", "content": result.text}
         return JSONResponse({
-            "id": reply_id, "object": "chat.completion", "created": created, "model": model.name,
+            "id": reply_id, "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}],
             "usage": _usage([result]),
         })

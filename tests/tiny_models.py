@@ -68,3 +68,19 @@ def tiny_sentence_transformer(directory: Path, seed: int = 0) -> Path:
     pooling = Pooling(transformer.get_embedding_dimension(), "mean")
     SentenceTransformer(modules=[transformer, pooling, Normalize()]).save(str(directory / "st"))
     return directory / "st"
+
+
+def lora_adapter(model_dir: Path, directory: Path, seed: int = 1, rank: int = 4, alpha: int = 64) -> Path:
+    """A peft LoRA adapter on ``model_dir``'s model, saved as peft saves it. ``init_lora_weights=False``
+    with a fixed seed gives deterministic non-zero weights (peft's default starts B at zero: a no-op),
+    and a large ``alpha`` makes them change greedy output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(directory)
+    return directory

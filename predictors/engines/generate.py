@@ -2,7 +2,8 @@
 
 Prompts of one batch are left-padded into a single ``generate`` call. A stopping criterion
 tracks every row on its own: its token limit, its stop strings and its stream, so requests
-with different ``max_new_tokens`` or ``stop`` share a forward pass and each ends on time.
+with different ``max_new_tokens`` or ``stop`` share a forward pass and each ends on time. Rows of
+different LoRA adapters (``predictors.engines.lora``) share it too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from predictors.device import Placement
+from predictors.engines.lora import AdapterNotFound, LoraAdapters
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +48,8 @@ class GenerationRequest:
     params: SamplingParams
     on_text: TextSink | None = field(default=None, compare=False)
     """Called from the model thread with each new piece of text, for streaming."""
+    adapter: str | None = None
+    """The LoRA adapter this row runs with; None: the base model."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class GenerateEngine:
             eos_ids.add(tokenizer.eos_token_id)
         self._eos = eos_ids
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+        self.adapters = LoraAdapters(model)
 
     @classmethod
     def load(cls, path: Path, placement: Placement) -> GenerateEngine:
@@ -207,7 +212,18 @@ class GenerateEngine:
             return ("greedy", *eos)
         return ("sample", params.temperature, params.top_p, params.seed, *eos)
 
-    def run_batch(self, items: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def run_batch(self, items: Sequence[GenerationRequest]) -> list[GenerationResult | Exception]:
+        """Rows whose adapter was unloaded after they were queued fail alone (404); the others run."""
+        loaded = self.adapters.names
+        gone = {i for i, item in enumerate(items) if item.adapter is not None and item.adapter not in loaded}
+        if not gone:
+            return list(self._generate(items))
+        kept = [item for i, item in enumerate(items) if i not in gone]
+        results = iter(self._generate(kept) if kept else [])
+        return [AdapterNotFound(item.adapter or "", loaded) if i in gone else next(results)
+                for i, item in enumerate(items)]
+
+    def _generate(self, items: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -232,14 +248,16 @@ class GenerateEngine:
         )
         tracker = _RowTracker(items, self._decode, self._eos)
         device = self._placement.device
+        names = self.adapters.row_names([item.adapter for item in items])
         with torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            self._model.generate(
+            self.adapters.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
                 generation_config=config,
                 stopping_criteria=StoppingCriteriaList([tracker]),
+                **({} if names is None else {"adapter_names": names}),
             )
         return tracker.results()
 

@@ -20,6 +20,7 @@ from predictors.engines.generate import (
     SamplingParams,
     TextSink,
 )
+from predictors.engines.lora import AdapterNotFound
 from serving.errors import InvalidInput
 from serving.v2_wire import model_parameters, tensor, v2_response
 from serving.validation import field_path, parse_model, utf8_size, v1_instances, v2_texts
@@ -40,6 +41,7 @@ class GenerationParameters(BaseModel):
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    adapter: str | None = Field(default=None, min_length=1, description="a loaded LoRA adapter; none: the base model")
 
     @model_validator(mode="after")
     def _check_stop(self) -> GenerationParameters:
@@ -102,6 +104,16 @@ class GenerateTask:
     def max_instances(self) -> int:
         return self._limits.max_instances
 
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return self.engine.adapters.names if isinstance(self.engine, GenerateEngine) else ()
+
+    def adapter(self, name: str | None) -> str | None:
+        """The adapter a request names (None: the base model); one that is not loaded is a 404 naming it."""
+        if name is not None and name not in self.adapter_names:
+            raise AdapterNotFound(name, self.adapter_names)
+        return name
+
     def sampling(self, parameters: GenerationParameters, field: str = "parameters") -> SamplingParams:
         limit = self._limits.max_new_tokens
         max_new = parameters.max_new_tokens or min(self._limits.default_max_new_tokens, limit)
@@ -140,12 +152,13 @@ class GenerateTask:
         return self.engine.encode_prompt(instance.prompt)
 
     def request(
-        self, prompt_ids: tuple[int, ...], params: SamplingParams, field: str, on_text: TextSink | None = None
+        self, prompt_ids: tuple[int, ...], params: SamplingParams, field: str, on_text: TextSink | None = None,
+        adapter: str | None = None,
     ) -> GenerationRequest:
         limit = min(self._limits.max_input_tokens, self.engine.context_length - params.max_new_tokens)
         if len(prompt_ids) > limit:
             raise InvalidInput(field, f"prompt has {len(prompt_ids)} tokens; the limit is {limit}")
-        request = GenerationRequest(prompt_ids, params, on_text)
+        request = GenerationRequest(prompt_ids, params, on_text, adapter)
         if isinstance(self.engine, ContinuousGenerateEngine):
             needed, budget = self.engine.tokens_needed(request), self.engine.kv_cache_tokens
             if needed > budget:
@@ -157,12 +170,13 @@ class GenerateTask:
     def from_v1(self, body: Mapping[str, Any]) -> list[GenerationRequest]:
         instances = v1_instances(body, self._limits.max_instances)
         raw = body.get("parameters")
-        params = self.sampling(parse_model(GenerationParameters, {} if raw is None else raw, "parameters"))
+        parameters = parse_model(GenerationParameters, {} if raw is None else raw, "parameters")
+        params, adapter = self.sampling(parameters), self.adapter(parameters.adapter)
         requests = []
         for i, raw in enumerate(instances):
             field = f"instances[{i}]"
             instance = parse_model(GenerateInstance, {"prompt": raw} if isinstance(raw, str) else raw, field)
-            requests.append(self.request(self.encode(instance, field), params, field))
+            requests.append(self.request(self.encode(instance, field), params, field, adapter=adapter))
         return requests
 
     def to_v1(self, outputs: Sequence[GenerationResult]) -> dict[str, Any]:
@@ -179,11 +193,13 @@ class GenerateTask:
 
     def from_v2(self, request: InferRequest) -> list[GenerationRequest]:
         texts = v2_texts(request, "text", self._limits.max_instances)
-        params = self.sampling(parse_model(GenerationParameters, model_parameters(request), "parameters"))
+        parameters = parse_model(GenerationParameters, model_parameters(request), "parameters")
+        params, adapter = self.sampling(parameters), self.adapter(parameters.adapter)
         requests = []
         for i, text in enumerate(texts):
             field = f"inputs.text[{i}]"
-            requests.append(self.request(self.encode(GenerateInstance(prompt=text), field), params, field))
+            requests.append(self.request(self.encode(GenerateInstance(prompt=text), field), params, field,
+                                         adapter=adapter))
         return requests
 
     def to_v2(self, outputs: Sequence[GenerationResult], request: InferRequest) -> InferResponse:
