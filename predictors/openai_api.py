@@ -22,11 +22,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from predictors.engines.generate import GenerationRequest, GenerationResult, TextSink
 from predictors.tasks.embed import EmbedTask
 from predictors.tasks.generate import ChatMessage, GenerateInstance, GenerateTask, GenerationParameters
+from serving import item_trace
 from serving.errors import InvalidInput, ModelNotFound, ServingError
 from serving.openai_wire import (
+    KZERO_FIELD,
     ChatBody,
     CompletionBody,
     EmbeddingsBody,
+    KzeroEmbeddings,
     OpenAIBody,
     SamplingBody,
     json_body,
@@ -102,17 +105,24 @@ def openai_router(model: BatchedModel) -> APIRouter:
         if body.dimensions not in (None, task.engine.dimension):
             raise InvalidInput("dimensions", f"this model only produces {task.engine.dimension} dimensions")
 
-        def checked() -> tuple[list[str], int]:
-            return task.check_texts(texts, "input"), sum(task.engine.count_tokens(texts))
+        extension = body.kzero or KzeroEmbeddings()
+        parents = item_trace.contexts(extension.traced(), len(texts), KZERO_FIELD)
 
-        texts, tokens = await asyncio.to_thread(checked)  # tokenizes: off the event loop
-        vectors = await model.infer_items(texts, dict(request.headers), "embeddings")
+        def checked() -> tuple[list[str], list[int]]:
+            return task.check_texts(texts, "input"), task.engine.count_tokens(texts)
+
+        texts, counts = await asyncio.to_thread(checked)  # tokenizes: off the event loop
+        vectors = await model.infer_items(texts, dict(request.headers), "embeddings", parents=parents)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)
         ]
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
+        tokens = sum(counts)
+        reply = {"object": "list", "data": data, "model": model.name,
+                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        if extension.input_tokens:
+            reply[KZERO_FIELD] = {"input_tokens": counts}
+        return JSONResponse(reply)
 
     @route("/completions", body=CompletionBody)
     async def completions(request: Request) -> Response:

@@ -6,7 +6,9 @@ instance order:
 
 - v1: ``"parameters": {"traceparents": ["00-…-01", ...], "tracestates": ["k=v", ...]}`` (JSON lists);
 - v2 REST and gRPC v2: the same names as *string* parameters holding those JSON lists (KServe's v2
-  parameters are scalars).
+  parameters are scalars);
+- OpenAI embeddings: the same JSON lists in kzero's own body field, ``"kzero": {"traceparents": [...]}``,
+  one entry per input (``serving.openai_wire.KzeroEmbeddings``).
 
 ``traceparents`` has exactly one entry per instance, else the request is a 400 naming
 ``parameters.traceparents``; an entry that is null or not a valid W3C traceparent only means that
@@ -83,8 +85,8 @@ def split_v2(request: InferRequest) -> tuple[InferRequest, dict[str, Any]]:
     return stripped, traced
 
 
-def _entries(value: Any, name: str, count: int) -> list[str | None]:
-    field = f"parameters.{name}"
+def _entries(value: Any, name: str, count: int, where: str) -> list[str | None]:
+    field = f"{where}.{name}"
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -97,13 +99,15 @@ def _entries(value: Any, name: str, count: int) -> list[str | None]:
     return [entry if isinstance(entry, str) else None for entry in value]
 
 
-def contexts(traced: Mapping[str, Any], count: int) -> list[Context] | None:
+def contexts(traced: Mapping[str, Any], count: int, where: str = "parameters") -> list[Context] | None:
     """One parent context per item (empty where its entry is null or malformed); ``None`` when the
-    request carried no ``traceparents``. Raises ``InvalidInput`` for a list of the wrong length or shape."""
+    request carried no ``traceparents``. Raises ``InvalidInput`` naming ``{where}.traceparents`` (or
+    ``tracestates``) for a list of the wrong length or shape."""
     if TRACEPARENTS not in traced:
         return None
-    parents = _entries(traced[TRACEPARENTS], TRACEPARENTS, count)
-    states = _entries(traced[TRACESTATES], TRACESTATES, count) if TRACESTATES in traced else [None] * count
+    parents = _entries(traced[TRACEPARENTS], TRACEPARENTS, count, where)
+    states = (_entries(traced[TRACESTATES], TRACESTATES, count, where) if TRACESTATES in traced
+              else [None] * count)
     return [
         extract({"traceparent": parent, **({"tracestate": state} if state else {})}) if parent else Context()
         for parent, state in zip(parents, states, strict=True)

@@ -26,10 +26,32 @@ class OpenAIBody(BaseModel):
     user: str | None = None
 
 
+KZERO_FIELD = "kzero"
+
+
+class KzeroEmbeddings(BaseModel):
+    """kzero's own field of an embeddings request, for a caller that merges many requests into one call
+    (the Kafka worker): ``input_tokens`` asks for each input's token count, in the reply's ``kzero``
+    field, so each request can get its own ``usage``; ``traceparents``/``tracestates`` carry each input's
+    trace context (``serving.item_trace``). The official client sends it as ``extra_body`` and keeps the
+    reply's extra field as an extra attribute; a reply to a request without it has no ``kzero`` key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_tokens: bool = False
+    traceparents: list[str | None] | None = None
+    tracestates: list[str | None] | None = None
+
+    def traced(self) -> dict[str, Any]:
+        """The trace fields given, as ``item_trace.contexts`` reads them."""
+        return self.model_dump(include={"traceparents", "tracestates"}, exclude_none=True)
+
+
 class EmbeddingsBody(OpenAIBody):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    kzero: KzeroEmbeddings | None = None
 
 
 class StreamOptions(BaseModel):

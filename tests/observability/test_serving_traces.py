@@ -222,6 +222,28 @@ async def test_a_batched_call_continues_each_instance_trace_over_v1_v2_and_grpc(
     assert orphan.trace_id not in {request_trace, *(p[0] for p in parents.values())}
 
 
+async def test_a_merged_embeddings_call_continues_each_input_trace(
+    otlp_receiver: OtlpReceiver, embed_server: PredictorProcess
+) -> None:
+    """OpenAI embeddings carry the same per-item contexts in kzero's own ``kzero`` body field (the
+    worker's merged calls); they are taken out of the reply like the v1 parameters."""
+    request_trace, _, request_traceparent = caller()
+    parents = [caller(), caller()]
+    async with httpx.AsyncClient(base_url=embed_server.url, timeout=60) as http:
+        response = await http.post("/openai/v1/embeddings", headers={"traceparent": request_traceparent}, json={
+            "model": "minilm", "input": ["first line", "second line"],
+            "kzero": {"traceparents": [p[2] for p in parents], "tracestates": ["kzero=1", None]}})
+    assert response.status_code == 200 and len(response.json()["data"]) == 2, response.text
+    assert list(response.json()) == ["object", "data", "model", "usage"], "no kzero key unless asked"
+    otlp_receiver.wait_for(lambda _: has(name="infer minilm")(otlp_receiver.trace(request_trace)), 30)
+    infer = one(otlp_receiver.trace(request_trace), name="infer minilm")
+    for trace_id, span_id, _ in parents:
+        otlp_receiver.wait_for(lambda _, t=trace_id: has(name="item minilm")(otlp_receiver.trace(t)), 30)
+        item = one(otlp_receiver.trace(trace_id), name="item minilm")
+        assert item.parent_span_id == span_id and item.attributes["gen_ai.operation.name"] == "embeddings"
+        assert item.links == ((request_trace, infer.span_id),)
+
+
 async def test_a_streamed_chat_is_inside_the_transformer_server_span(
     otlp_receiver: OtlpReceiver, rag_server: PredictorProcess
 ) -> None:

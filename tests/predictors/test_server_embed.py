@@ -81,6 +81,21 @@ async def test_openai_base64_encoding_matches_floats(embed_server: PredictorProc
     assert floats["usage"]["prompt_tokens"] == 3  # [CLS] hi [SEP]
 
 
+async def test_openai_embeddings_give_each_input_token_count_only_when_asked(embed_server: PredictorProcess) -> None:
+    """kzero's ``kzero`` body field (the worker asks with it when it merges requests into one call): the
+    official client sends it as ``extra_body`` and keeps the reply's extra field; a plain request's reply
+    has exactly OpenAI's keys."""
+    oa = openai.AsyncOpenAI(base_url=embed_server.url + "/openai/v1", api_key="unused")
+    texts = ["hi", "events flow through kafka to the predictor"]
+    asked = await oa.embeddings.create(model="minilm", input=texts, extra_body={"kzero": {"input_tokens": True}})
+    counts = (asked.model_extra or {})["kzero"]["input_tokens"]
+    assert counts[0] == 3 and counts[1] > 3 and sum(counts) == asked.usage.prompt_tokens == asked.usage.total_tokens
+    async with httpx.AsyncClient(base_url=embed_server.url + "/openai/v1") as client:
+        plain = (await client.post("/embeddings", json={"model": "minilm", "input": texts})).json()
+    assert list(plain) == ["object", "data", "model", "usage"]
+    assert plain["usage"]["prompt_tokens"] == sum(counts)
+
+
 BAD_REQUESTS = [
     ("/v1/models/minilm:predict", b"{not json", 400, "body: not valid JSON"),
     ("/v1/models/minilm:predict", {"instances": []}, 400, "instances: must not be empty"),
@@ -99,6 +114,10 @@ BAD_REQUESTS = [
     ("/openai/v1/embeddings", {"model": "minilm", "input": "a", "dimensions": 8}, 400, "384 dimensions"),
     ("/openai/v1/embeddings", {"model": "other", "input": "a"}, 404, "'other' is not served"),
     ("/openai/v1/embeddings", {"model": "minilm", "input": "a", "colour": "red"}, 400, "colour: unknown field"),
+    ("/openai/v1/embeddings", {"model": "minilm", "input": "a", "kzero": {"colour": 1}}, 400,
+     "kzero.colour: unknown field"),
+    ("/openai/v1/embeddings", {"model": "minilm", "input": ["a", "b"], "kzero": {"traceparents": [None]}}, 400,
+     "kzero.traceparents: 1 entries for 2 instances"),
     ("/openai/v1/chat/completions", {"model": "minilm", "messages": [{"role": "user", "content": "a"}]},
      400, "does not support chat completions"),
 ]
