@@ -19,7 +19,7 @@ from eventing.config import DEFAULT_DLQ, DEFAULT_REQUESTS, DEFAULT_RESULTS, Work
 from manifests.presets import Gpu, GpuProduct, preset_fields
 from manifests.sizing import GIB, Footprint, choose_gpu, footprint_for
 from predictors.batcher import BatcherConfig
-from predictors.config import LimitsConfig, PredictorConfig
+from predictors.config import ADAPTER_NAME, LimitsConfig, PredictorConfig
 from serving.defaults import default_of
 from serving.packaged import PACKAGED_MODELS
 from serving.retry import RetryPolicy
@@ -139,6 +139,19 @@ class Profiles(_Model):
                 for key, value in data.items()}
 
 
+class Adapter(_Model):
+    """A LoRA adapter served beside the predictor's model (``--lora NAME=/mnt/adapters/NAME``)."""
+
+    name: str = Field(pattern=ADAPTER_NAME, max_length=128, description="the OpenAI model name that selects it")
+    storage_uri: str = Field(pattern=r"^(pvc|s3|gs|hf|https)://.+",
+                             description="pvc://claim/path (mounted read-only), or s3:// gs:// hf:// https:// "
+                                         "(fetched by KServe's storage initializer, storageUris)")
+
+    @property
+    def on_pvc(self) -> bool:
+        return self.storage_uri.startswith("pvc://")
+
+
 class Predictor(_Model):
     model_name: Name
     preset: str | None = Field(default=None, description="a model by name (python -m manifests presets): sets "
@@ -162,6 +175,7 @@ class Predictor(_Model):
     container_concurrency: int | None = Field(default=None, ge=1, le=KNATIVE_MAX_CONTAINER_CONCURRENCY,
                                               description="default: 2 x scale_target")
     timeout_s: int = Field(default=300, ge=1, le=KNATIVE_MAX_TIMEOUT_S)
+    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters (task generate)")
 
     @property
     def effective_scale_target(self) -> int:
@@ -210,6 +224,11 @@ class Predictor(_Model):
         if cc > self.max_queue:
             raise ValueError(f"predictor.container_concurrency ({cc}) must be <= max_queue ({self.max_queue}): "
                              "requests Knative admits would be shed by the batcher with 503")
+        names = [a.name for a in self.adapters]
+        if self.adapters and self.task != "generate":
+            raise ValueError("predictor.adapters: LoRA adapters need task generate")
+        if len(set(names)) != len(names) or self.model_name in names:
+            raise ValueError(f"predictor.adapters: names must be unique and differ from model_name, got {names}")
         return self
 
 

@@ -51,6 +51,9 @@ def knative_service(config: DeployConfig, component: str, spec: Doc) -> Doc:
     pod |= {key: spec[field] for field, key in TO_REVISION.items() if field in spec}
     if component == "predictor":
         _model_volume(config, pod)
+        if "storageUris" in pod:  # KServe's storage initializer fetches these; a plain Knative Service has none
+            raise ValueError("predictor.adapters: the knative-service overlay mounts pvc:// adapters only; "
+                             f"{', '.join(u['uri'] for u in pod['storageUris'])} need KServe (the cpu or gpu overlay)")
     template = {"metadata": {"labels": spec.get("labels", labels(config, component)), "annotations": annotations},
                 "spec": pod}
     return {"apiVersion": "serving.knative.dev/v1", "kind": "Service",

@@ -7,9 +7,10 @@ The base is accelerator-neutral; ``profile_patch`` is the JSON patch the cpu and
 
 from __future__ import annotations
 
-from manifests.config import DeployConfig, Profile
+from manifests.config import Adapter, DeployConfig, Profile
 from manifests.security import api_key_env, container_security, pod_security, serving_account
 from manifests.settings import (
+    ADAPTERS_MOUNT,
     CACHE_MOUNT,
     GRPC_PORT,
     HTTP_PORT,
@@ -53,7 +54,31 @@ def predictor_args(config: DeployConfig) -> list[str]:
         args += ["--max_new_tokens", str(p.max_new_tokens)]
     if p.task == "generate":  # the continuous engine's sequences at once: what sizing and scaling assume
         args += ["--max_num_seqs", str(p.max_batch_size)]
+    for adapter in p.adapters:
+        args += ["--lora", f"{adapter.name}={adapter_mount(adapter)}"]
     return args
+
+
+def adapter_mount(adapter: Adapter) -> str:
+    return f"{ADAPTERS_MOUNT}/{adapter.name}"
+
+
+def adapter_volumes(adapters: list[Adapter]) -> tuple[list[Doc], list[Doc]]:
+    """(volumes, mounts) of the adapters on a PVC: each mounted read-only where ``--lora`` reads it."""
+    volumes: list[Doc] = []
+    mounts: list[Doc] = []
+    for i, adapter in enumerate(a for a in adapters if a.on_pvc):
+        claim, _, path = adapter.storage_uri.removeprefix("pvc://").partition("/")
+        name = f"adapter-{i}"  # adapter names may hold characters a volume name cannot
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mount: Doc = {"name": name, "mountPath": adapter_mount(adapter), "readOnly": True}
+        mounts.append(mount | ({"subPath": path} if path else {}))
+    return volumes, mounts
+
+
+def adapter_storage_uris(adapters: list[Adapter]) -> list[Doc]:
+    """KServe's storageUris for the adapters in object storage: its storage initializer fetches one per entry."""
+    return [{"uri": a.storage_uri, "mountPath": adapter_mount(a)} for a in adapters if not a.on_pvc]
 
 
 def profile_args(profile: Profile) -> list[str]:
@@ -133,13 +158,17 @@ def _predictor(config: DeployConfig) -> Doc:
            *api_key_env(config, server=True, client=False)]
     if p.storage_uri is not None:
         env.append({"name": "STORAGE_URI", "value": p.storage_uri})  # KServe mounts it at /mnt/models
-    container = _container(config, "predictors", predictor_args(config), env, [cache_mount, tmp_mount])
+    adapter_vols, adapter_mounts = adapter_volumes(p.adapters)
+    container = _container(config, "predictors", predictor_args(config), env,
+                           [cache_mount, tmp_mount, *adapter_mounts])
+    storage_uris = adapter_storage_uris(p.adapters)
     return {
         "minReplicas": p.min_replicas, "maxReplicas": p.max_replicas,
         "scaleMetric": "concurrency", "scaleTarget": p.effective_scale_target,
         "containerConcurrency": p.effective_container_concurrency, "timeout": p.timeout_s,
         "annotations": {"autoscaling.knative.dev/initial-scale": str(p.initial_scale)},
-        **_component(config, PREDICTOR, container, [cache, tmp]),
+        **_component(config, PREDICTOR, container, [cache, tmp, *adapter_vols]),
+        **({"storageUris": storage_uris} if storage_uris else {}),
     }
 
 

@@ -10,6 +10,7 @@ Doc = dict[str, Any]
 
 CACHE_MOUNT = "/cache"
 MODEL_MOUNT = "/mnt/models"  # where KServe mounts storageUri (PVC or modelcar)
+ADAPTERS_MOUNT = "/mnt/adapters"  # one directory per LoRA adapter
 HTTP_PORT = 8080
 GRPC_PORT = 8081
 

@@ -75,7 +75,7 @@ PORT_NAMES = {"", "h2c", "http1"}
 # What KServe's ksvc reconciler moves out of a component into annotations and revision fields.
 KSERVE_EXTENSION = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType", "autoScaling",
                     "containerConcurrency", "timeout", "annotations", "labels", "canaryTrafficPercent", "logger",
-                    "batcher", "deploymentStrategy"}
+                    "batcher", "deploymentStrategy", "storageUris"}
 KSERVE_DEFAULT_MIN_REPLICAS = 1
 AUTOSCALING = "autoscaling.knative.dev/"
 

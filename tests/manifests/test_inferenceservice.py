@@ -193,3 +193,41 @@ def test_storage_uri_mounts_the_model_and_keeps_the_cache_on_a_volume() -> None:
     claim = find(docs, "PersistentVolumeClaim")
     volumes = {v["name"]: v for v in predictor["volumes"]}
     assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+def _with_adapters(*uris: str) -> DeployConfig:
+    raw = example("rag").model_dump()
+    raw["predictor"]["adapters"] = [{"name": f"tuned-{i}", "storage_uri": uri} for i, uri in enumerate(uris)]
+    return DeployConfig.model_validate(raw)
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_adapters_are_mounted_and_named_in_lora_flags(overlay: str) -> None:
+    config = _with_adapters("pvc://adapters/support/v3", "s3://bucket/adapters/legal")
+    isvc = _isvc(config, overlay)
+    strict_deserialize(isvc, "V1beta1InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    container = _container(predictor)
+    parsed = config_from_args(container["args"], {})
+    assert [(a.name, str(a.path)) for a in parsed.lora] == [
+        ("tuned-0", "/mnt/adapters/tuned-0"), ("tuned-1", "/mnt/adapters/tuned-1")]
+    # The PVC one is mounted read-only by the renderer; KServe's storage initializer fetches the other.
+    assert {"name": "adapter-0", "mountPath": "/mnt/adapters/tuned-0", "readOnly": True,
+            "subPath": "support/v3"} in container["volumeMounts"]
+    assert {"name": "adapter-0", "persistentVolumeClaim": {"claimName": "adapters", "readOnly": True}} in (
+        predictor["volumes"])
+    assert predictor["storageUris"] == [{"uri": "s3://bucket/adapters/legal", "mountPath": "/mnt/adapters/tuned-1"}]
+
+
+def test_adapters_need_a_generate_model_and_distinct_names() -> None:
+    raw = example("embed").model_dump()
+    raw["predictor"]["adapters"] = [{"name": "tuned", "storage_uri": "pvc://adapters/tuned"}]
+    with pytest.raises(ValueError, match="LoRA adapters need task generate"):
+        DeployConfig.model_validate(raw)
+    raw = example("rag").model_dump()
+    for names in (["x", "x"], [raw["predictor"]["model_name"]]):
+        raw["predictor"]["adapters"] = [{"name": name, "storage_uri": "pvc://a/x"} for name in names]
+        with pytest.raises(ValueError, match="names must be unique and differ from model_name"):
+            DeployConfig.model_validate(raw)
+    with pytest.raises(ValueError, match="storage_uri"):
+        _with_adapters("file:///adapters/x")

@@ -72,3 +72,17 @@ def test_a_pvc_model_is_mounted_where_kserve_would_put_it() -> None:
 def test_an_oci_model_needs_kserve() -> None:
     with pytest.raises(ValueError, match=r"oci://.*the knative-service overlay mounts pvc:// models only"):
         overlay_documents(_with_storage("oci://registry.example/models/minilm:1"), "knative-service")
+
+
+def test_pvc_adapters_are_mounted_and_others_need_kserve() -> None:
+    raw = example("rag").model_dump()
+    raw["predictor"]["adapters"] = [{"name": "tuned", "storage_uri": "pvc://adapters/tuned"}]
+    docs = overlay_documents(DeployConfig.model_validate(raw), "knative-service")
+    pod = _ksvcs(docs)["kzero-rag-predictor"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert flag(container["args"], "--lora") == "tuned=/mnt/adapters/tuned"
+    assert {"name": "adapter-0", "mountPath": "/mnt/adapters/tuned", "readOnly": True, "subPath": "tuned"} in (
+        container["volumeMounts"])
+    raw["predictor"]["adapters"].append({"name": "fetched", "storage_uri": "hf://org/adapter"})
+    with pytest.raises(ValueError, match=r"mounts pvc:// adapters only; hf://org/adapter need KServe"):
+        overlay_documents(DeployConfig.model_validate(raw), "knative-service")
