@@ -36,23 +36,33 @@ def plan(requests: Sequence[dict[str, Any]], max_instances: int) -> list[Call]:
 
     A single request larger than the limit still gets a call of its own: it is never split.
     """
+    keys = [_parameters_key(data) for data in requests]
+    sizes = [len(data["instances"]) for data in requests]
+    return [_call(requests, members) for members in group(keys, sizes, max_instances)]
+
+
+def group(keys: Sequence[str | None], sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Indexes whose keys are equal, in order, in runs whose sizes add up to at most ``limit``; one
+    larger than ``limit`` runs alone, and a ``None`` key shares with nothing."""
     groups: dict[str, list[int]] = {}
-    for index, data in enumerate(requests):
-        groups.setdefault(_parameters_key(data), []).append(index)
-    calls = []
+    runs: list[list[int]] = []
+    for index, key in enumerate(keys):
+        if key is None:
+            runs.append([index])
+        else:
+            groups.setdefault(key, []).append(index)
     for members in groups.values():
         current: list[int] = []
         size = 0
         for index in members:
-            n = len(requests[index]["instances"])
-            if current and size + n > max_instances:
-                calls.append(_call(requests, current))
+            if current and size + sizes[index] > limit:
+                runs.append(current)
                 current, size = [], 0
             current.append(index)
-            size += n
+            size += sizes[index]
         if current:
-            calls.append(_call(requests, current))
-    return calls
+            runs.append(current)
+    return runs
 
 
 def _call(requests: Sequence[dict[str, Any]], members: list[int]) -> Call:
@@ -67,11 +77,15 @@ def _call(requests: Sequence[dict[str, Any]], members: list[int]) -> Call:
 def traced_body(call: Call, carriers: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     """``call.body`` with each instance's trace context: member i's ``carriers[i]`` for each of its
     instances (unchanged when no member has a context)."""
-    per_instance = [carrier for carrier, count in zip(carriers, call.counts, strict=True) for _ in range(count)]
-    traced = item_trace.encode(per_instance)
+    traced = item_trace.encode(per_item(call, carriers))
     if not traced:
         return call.body
     return {**call.body, "parameters": {**call.body.get("parameters", {}), **traced}}
+
+
+def per_item(call: Call, carriers: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    """Member i's ``carriers[i]`` once for each item (instance or input) it put in the call."""
+    return [carrier for carrier, count in zip(carriers, call.counts, strict=True) for _ in range(count)]
 
 
 def split(call: Call, response: dict[str, Any]) -> list[dict[str, Any]]:

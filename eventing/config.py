@@ -111,9 +111,10 @@ class WorkerConfig(BaseModel):
     protocol: WireProtocol | Literal["in-process"] = "v1"
     documents: IngestConfig | None = Field(default=None, description="required with handler documents")
     max_batch: int = Field(default=64, ge=1, description="events per predictor micro-batch")
-    max_instances: int = Field(default=256, ge=1, description="instances per predictor call")
-    max_openai_calls: int = Field(default=64, ge=1, description="OpenAI requests (the batch API's) called at once; "
-                                  "the predictor's batcher merges them")
+    max_instances: int = Field(default=256, ge=1, description="instances (OpenAI embeddings: inputs) per "
+                               "predictor call")
+    max_openai_calls: int = Field(default=64, ge=1, description="OpenAI calls (the batch API's requests; embeddings "
+                                  "ones merged) made at once; the predictor's batcher merges them")
     max_wait_ms: int = Field(default=20, ge=0)
     max_in_flight: int = Field(default=512, ge=1, description="events consumed but not yet answered")
     exactly_once: bool = False

@@ -7,7 +7,8 @@ other handlers (e.g. RAG document upserts) plug into the same worker through ``E
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,7 +16,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 
-from eventing.calls import Call, plan, split, traced_body
+from eventing import openai_calls
+from eventing.calls import Call, split, traced_body
+from eventing.calls import plan as calls_plan
 from eventing.config import WorkerConfig
 from events.errors import BAD_RESPONSE, REJECTED, UNAUTHORIZED, UNAVAILABLE
 from events.event import OPENAI_URL, Event, validate_openai_request, validate_request
@@ -70,6 +73,10 @@ class Processor:
     call, so the client's spans (one per attempt) and the server's request span join that trace; it
     links to the other requests, whose spans link back to it. Every instance's trace context goes in
     ``parameters.traceparents``, so the server continues each request's own trace per item.
+
+    v1 requests with equal parameters share calls (``eventing.calls``); so do OpenAI embeddings
+    requests equal apart from ``input`` (``eventing.openai_calls``: an ``openai {url}`` span each, the
+    inputs' contexts in ``kzero.traceparents``). Other OpenAI requests go one per call.
     """
 
     emits_results = True
@@ -98,23 +105,29 @@ class Processor:
         self, requests: Sequence[dict[str, Any]], headers: Sequence[Mapping[str, str]] | None = None
     ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(requests)
-        v1 = [i for i, r in enumerate(requests) if not isinstance(r, OpenAIRequest)]
-        # Indexes of ``calls`` members are into ``requests``: the v1 ones are planned apart, mapped back.
-        calls = [Call(c.body, tuple(v1[m] for m in c.members), c.counts)
-                 for c in plan([requests[i] for i in v1], self._max_instances)]
-        # OpenAI requests go one per call, concurrently: the server's own batcher merges them.
-        openai = [self._run_openai(i, r, outcomes, headers) for i, r in enumerate(requests)
-                  if isinstance(r, OpenAIRequest)]
-        await asyncio.gather(*(self._run(call, requests, outcomes, headers) for call in calls), *openai)
+        calls = [*self._plan(requests, lambda r: not isinstance(r, OpenAIRequest), calls_plan),
+                 *self._plan(requests, lambda r: isinstance(r, OpenAIRequest), openai_calls.plan)]
+        await asyncio.gather(*(self._run(call, requests, outcomes, headers) for call in calls))
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _plan(
+        self, requests: Sequence[dict[str, Any]], kind: Callable[[dict[str, Any]], bool],
+        planner: Callable[[Sequence[dict[str, Any]], int], list[Call]],
+    ) -> list[Call]:
+        """Calls for the requests of one kind; their members index ``requests``."""
+        chosen = [i for i, r in enumerate(requests) if kind(r)]
+        return [Call(c.body, tuple(chosen[m] for m in c.members), c.counts)
+                for c in planner([requests[i] for i in chosen], self._max_instances)]
 
     async def _run(
         self, call: Call, requests: Sequence[dict[str, Any]], outcomes: list[Outcome | None],
         headers: Sequence[Mapping[str, str]] | None,
     ) -> None:
+        first = requests[call.members[0]]
+        url = first["url"] if isinstance(first, OpenAIRequest) else None
         try:
-            response, attempts = await self._call(call, headers)
+            response, attempts = await self._call(call, headers, url)
         except Unauthorized as err:  # no member can pass: none is tried alone
             for member in call.members:
                 outcomes[member] = Failure(UNAUTHORIZED, str(err), err.attempts)
@@ -124,7 +137,8 @@ class Processor:
                 outcomes[call.members[0]] = Failure(REJECTED, str(err), err.attempts)
                 return
             # One member is bad: run each alone so only it fails.
-            alone = [Call(requests[m], (m,), (len(requests[m]["instances"]),)) for m in call.members]
+            alone = [Call(_body(requests[m]), (m,), (count,)) for m, count in zip(call.members, call.counts,
+                                                                                   strict=True)]
             await asyncio.gather(*(self._run(c, requests, outcomes, headers) for c in alone))
             return
         except TransientCallError as err:
@@ -132,7 +146,7 @@ class Processor:
                 outcomes[member] = Failure(UNAVAILABLE, str(err), err.attempts)
             return
         try:
-            parts = split(call, response)
+            parts = (split if url is None else openai_calls.split)(call, response)
         except ValueError as err:
             for member in call.members:
                 outcomes[member] = Failure(BAD_RESPONSE, str(err), attempts)
@@ -140,13 +154,16 @@ class Processor:
         for member, part in zip(call.members, parts, strict=True):
             outcomes[member] = Success(part, attempts)
 
-    async def _call(self, call: Call, headers: Sequence[Mapping[str, str]] | None) -> tuple[dict[str, Any], int]:
+    async def _call(
+        self, call: Call, headers: Sequence[Mapping[str, str]] | None, url: str | None,
+    ) -> tuple[dict[str, Any], int]:
+        """One call (v1, or the OpenAI route ``url``) with retries, in a span per member."""
         # Without per-request headers: one span in the current trace, and no per-item context.
         parents = ([propagation.extract(headers[m]) for m in call.members] if headers
                    else [otel_context.get_current()])
         attributes = {sc.KZERO_MODEL: self._model, sc.KZERO_BATCH_SIZE: len(call.members),
                       sc.KZERO_ITEMS: sum(call.counts)}
-        name = f"predict {self._model}"
+        name = f"predict {self._model}" if url is None else f"openai {url}"
         others = [Link(context) for p in parents[1:]
                   if (context := trace.get_current_span(p).get_span_context()).is_valid]
         lead = self._tracer.start_span(name, context=parents[0], links=others, attributes=attributes)
@@ -154,14 +171,15 @@ class Processor:
         spans = [lead, *(self._tracer.start_span(name, context=p, links=back, attributes=attributes)
                          for p in parents[1:])]
         carriers = [propagation.inject(trace.set_span_in_context(s)) for s in spans]
-        body = traced_body(call, carriers) if headers else call.body
         try:
-            with trace.use_span(lead, record_exception=False, set_status_on_exception=False):
-                # inject() runs per attempt, inside the lead span: the headers carry its context.
-                response, attempts = await call_with_retries(
-                    lambda: self._client.predict(self._model, body, propagation.inject()), self._policy,
-                    on_retry=lambda attempt, error: self._retried(spans, attempt, error),
-                )
+            send = self._sender(call, carriers if headers else None, url)
+            async with self._openai_slots if url is not None else contextlib.nullcontext():
+                with trace.use_span(lead, record_exception=False, set_status_on_exception=False):
+                    # inject() runs per attempt, inside the lead span: the headers carry its context.
+                    response, attempts = await call_with_retries(
+                        lambda: send(propagation.inject()), self._policy,
+                        on_retry=lambda attempt, error: self._retried(spans, attempt, error),
+                    )
         except CallFailed as err:
             kind = str(err.status or type(err).__name__)
             for span in spans:
@@ -176,39 +194,18 @@ class Processor:
             for span in spans:
                 span.end()
 
-    async def _run_openai(
-        self, index: int, request: dict[str, Any], outcomes: list[Outcome | None],
-        headers: Sequence[Mapping[str, str]] | None,
-    ) -> None:
-        url, body = request["url"], request["body"]
-        parent = propagation.extract(headers[index]) if headers else otel_context.get_current()
-        attributes = {sc.KZERO_MODEL: self._model, sc.KZERO_BATCH_SIZE: 1, sc.KZERO_ITEMS: 1}
-        span = self._tracer.start_span(f"openai {url}", context=parent, attributes=attributes)
-        call = getattr(self._client, "openai", None)
-        try:
-            if call is None:  # the in-process client speaks v1 only
-                raise PermanentCallError(f"{url}: this worker's protocol carries v1 requests only", status=400)
-            async with self._openai_slots:
-                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                    response, attempts = await call_with_retries(
-                        lambda: call(url, body, propagation.inject()), self._policy,
-                        on_retry=lambda attempt, error: self._retried([span], attempt, error))
-            span.set_attribute(sc.KZERO_ATTEMPT, attempts)
-        except CallFailed as err:
-            kind = str(err.status or type(err).__name__)
-            span.set_attributes({sc.KZERO_ATTEMPT: err.attempts, sc.ERROR_TYPE: kind})
-            span.set_status(Status(StatusCode.ERROR, kind))
-            code = (UNAUTHORIZED if isinstance(err, Unauthorized) else REJECTED if isinstance(err, PermanentCallError)
-                    else UNAVAILABLE)
-            outcomes[index] = Failure(code, str(err), err.attempts)
-            return
-        finally:
-            span.end()
-        if not isinstance(response, dict):
-            outcomes[index] = Failure(BAD_RESPONSE, f"{url} answered {type(response).__name__}, not an object",
-                                      attempts)
-            return
-        outcomes[index] = Success(response, attempts)
+    def _sender(
+        self, call: Call, carriers: Sequence[Mapping[str, str]] | None, url: str | None,
+    ) -> Callable[[Mapping[str, str]], Awaitable[dict[str, Any]]]:
+        """One attempt of ``call``, given the attempt's headers; each member's context per item."""
+        if url is None:
+            body = traced_body(call, carriers) if carriers else call.body
+            return lambda headers: self._client.predict(self._model, body, headers)
+        openai = getattr(self._client, "openai", None)
+        if openai is None:  # the in-process client speaks v1 only
+            raise PermanentCallError(f"{url}: this worker's protocol carries v1 requests only", status=400)
+        body = openai_calls.traced_body(call, carriers) if carriers else call.body
+        return lambda headers: openai(url, body, headers)
 
     def _retried(self, spans: Sequence[trace.Span], attempt: int, error: TransientCallError) -> None:
         attributes = {sc.KZERO_ATTEMPT: attempt, sc.ERROR_TYPE: str(error.status or type(error).__name__)}
@@ -216,3 +213,8 @@ class Processor:
             span.add_event("retry", attributes)
         if self._on_retry is not None:
             self._on_retry(attempt, error)
+
+
+def _body(request: dict[str, Any]) -> dict[str, Any]:
+    """What a request sends when it is called alone: a v1 body, or an OpenAI request's own body."""
+    return request["body"] if isinstance(request, OpenAIRequest) else request

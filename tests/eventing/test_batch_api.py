@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -14,8 +15,10 @@ import pytest
 
 from eventing.topics import ensure_topics
 from serving.launch import PredictorProcess
+from tests.conftest import start_predictor
 from tests.eventing.batch_api_helpers import BatchApiProcess, embedding_lines, jsonl, lines_of, wait_batch
 from tests.eventing.helpers import WorkerProcess, read_committed
+from tests.predictors.metrics import scrape, value
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -49,24 +52,46 @@ def _topics(bootstrap: str) -> BatchTopics:
     return topics
 
 
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, embed_server: PredictorProcess, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[Stack]:
+@contextmanager
+def running_stack(bootstrap: str, predictor: PredictorProcess, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("batch-logs")
-    topics = _topics(kafka_bootstrap)
+    topics = _topics(bootstrap)
     # "unserved" has a topic but no worker: its lines are sent and never answered.
     unserved = f"{topics.requests}-unserved"
-    ensure_topics(kafka_bootstrap, [unserved], 1)
-    worker = WorkerProcess(kafka_bootstrap, topics, embed_server.url, logs / "worker.log").start()  # type: ignore[arg-type]
-    api = BatchApiProcess(kafka_bootstrap, tmp_path_factory.mktemp("batch-data"),
+    ensure_topics(bootstrap, [unserved], 1)
+    worker = WorkerProcess(bootstrap, topics, predictor.url, logs / "worker.log").start()  # type: ignore[arg-type]
+    api = BatchApiProcess(bootstrap, tmp_path_factory.mktemp("batch-data"),
                           {"minilm": topics.requests, "unserved": unserved}, topics.results, topics.dlq,
                           f"batch-api-{uuid.uuid4().hex[:8]}", logs / "batch-api.log",
                           extra=["--max-file-bytes", "200000"]).start()
     try:
-        yield Stack(kafka_bootstrap, topics, api, worker)
+        yield Stack(bootstrap, topics, api, worker)
     finally:
         api.stop()
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, embed_server: PredictorProcess, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Stack]:
+    with running_stack(kafka_bootstrap, embed_server, tmp_path_factory) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def one_text_per_pass(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[tuple[Stack, PredictorProcess]]:
+    """A stack whose predictor embeds one text per forward pass: a text's vector then does not depend
+    on its batch-mates (float sums differ in the last bits with the batch's shape), so a merged call's
+    vectors can be compared exactly with single calls'."""
+    predictor = start_predictor(tmp_path_factory, "minilm", ["--task", "embed", "--model_id", "all-minilm-l6-v2",
+                                                             "--max_batch_size", "1"])
+    try:
+        with running_stack(kafka_bootstrap, predictor, tmp_path_factory) as running:
+            yield running, predictor
+    finally:
+        assert predictor.stop() == 0
 
 
 def test_an_embeddings_batch_completes_with_one_output_line_per_input_line(stack: Stack) -> None:
@@ -95,6 +120,38 @@ def test_an_embeddings_batch_completes_with_one_output_line_per_input_line(stack
     output = client.files.retrieve(done.output_file_id)  # type: ignore[arg-type]
     assert output.purpose == "batch_output"
     assert output.bytes == len(client.files.content(done.output_file_id).content)  # type: ignore[arg-type]
+
+
+def _embeddings_calls(server: PredictorProcess) -> float:
+    return value(scrape(server.url), "kzero_requests_total", route="/openai/v1/embeddings", code="200") or 0.0
+
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+def test_merged_lines_get_the_bodies_they_would_have_had_sent_alone(
+    one_text_per_pass: tuple[Stack, PredictorProcess], encoding: str
+) -> None:
+    """The worker merges embeddings lines into shared calls; each output line still has exactly the body
+    of its own call: its own data indexed from 0, its own usage, no kzero field."""
+    stack, embed_server = one_text_per_pass
+    text = "line {}: events flow through kafka".format
+    inputs: list[str | list[str]] = [text(i) if i % 3 else [text(i), text(i + 50)] for i in range(12)]
+    lines = [{"custom_id": f"merged-{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "minilm", "input": text, "encoding_format": encoding}} for i, text in enumerate(inputs)]
+    before = _embeddings_calls(embed_server)
+    client = stack.client
+    upload = client.files.create(file=("merged.jsonl", jsonl(lines)), purpose="batch")
+    done = wait_batch(client, client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings",
+                                                    completion_window="24h").id)
+    assert done.status == "completed" and done.error_file_id is None, done
+    calls = _embeddings_calls(embed_server) - before
+    assert calls < len(lines), f"{calls:.0f} calls for {len(lines)} lines: nothing was merged"
+    by_id = {line["custom_id"]: line["response"]["body"] for line in lines_of(client, done.output_file_id)}
+    assert len(by_id) == len(lines)
+    with httpx.Client(base_url=embed_server.url + "/openai", timeout=60) as http:
+        for line in lines:
+            alone = http.post(line["url"], json=line["body"])
+            assert alone.status_code == 200, alone.text
+            assert by_id[line["custom_id"]] == alone.json(), line["custom_id"]
 
 
 def test_batches_list_newest_first_with_pagination(stack: Stack) -> None:

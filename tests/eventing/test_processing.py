@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,7 +162,7 @@ def _openai_event(url: str, body: dict[str, Any], id: str) -> Event:
     return openai_request_event(url, body, source="/tests", id=id, jobid="b1")
 
 
-async def test_openai_requests_go_one_per_call_beside_merged_v1_requests() -> None:
+async def test_openai_requests_of_different_models_go_apart_beside_merged_v1_requests() -> None:
     predictor = FakeOpenAIPredictor(openai_down=1)
     processor = Processor(predictor, "m", FAST, 64)
     first = processor.validate(_openai_event("/v1/embeddings", {"model": "m", "input": "x"}, "b1-1"))
@@ -189,3 +191,107 @@ def test_openai_request_events_are_checked() -> None:
         processor.validate(_openai_event("/v1/moderations", {"model": "m"}, "b1-4"))
     with pytest.raises(MalformedEvent, match=r"data\.stream"):
         processor.validate(_openai_event("/v1/chat/completions", {"model": "m", "stream": True}, "b1-5"))
+
+
+class FakeEmbedder(FakePredictor):
+    """Serves ``/v1/embeddings`` as the predictor does: a vector and a token count per text (in ``kzero``
+    when asked); a text "bad" is a 400 naming its input; down ``openai_down`` times first."""
+
+    def __init__(self, openai_down: int = 0) -> None:
+        super().__init__()
+        self.openai_calls: list[tuple[dict[str, Any], Mapping[str, str] | None]] = []
+        self.openai_down = openai_down
+
+    async def openai(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
+        self.openai_calls.append((dict(body), headers))
+        if self.openai_down:
+            self.openai_down -= 1
+            raise TransientCallError("connection refused", retry_after_s=0)
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        if "bad" in texts:
+            raise PermanentCallError(f"input[{texts.index('bad')}]: bad text", status=400)
+        vectors = [[float(len(t)), float(ord(t[0]))] for t in texts]
+        encoded = ([base64.b64encode(struct.pack("<2f", *v)).decode() for v in vectors]
+                   if body.get("encoding_format") == "base64" else vectors)
+        tokens = [len(t.split()) + 2 for t in texts]
+        reply = {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": e}
+                                            for i, e in enumerate(encoded)],
+                 "model": body["model"], "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}}
+        return {**reply, "kzero": {"input_tokens": tokens}} if body.get("kzero", {}).get("input_tokens") else reply
+
+
+def _embeddings(processor: Processor, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [processor.validate(_openai_event("/v1/embeddings", b, f"b1-{i}")) for i, b in enumerate(bodies)]
+
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+async def test_merged_embeddings_requests_get_the_bodies_they_would_have_had_alone(encoding: str) -> None:
+    bodies = [{"model": "m", "input": text, "encoding_format": encoding}
+              for text in (["a b", "c"], "d e f", ["g", "h i", "j"])]
+    predictor = FakeEmbedder()
+    processor = Processor(predictor, "m", FAST, 64)
+    merged = await processor.process(_embeddings(processor, bodies))
+    assert [call[0]["input"] for call in predictor.openai_calls] == [["a b", "c", "d e f", "g", "h i", "j"]]
+    alone = [(await processor.process(_embeddings(processor, [body])))[0] for body in bodies]
+    assert [call[0] for call in predictor.openai_calls[1:]] == bodies, "alone: each body as it is"
+    assert merged == alone
+    assert all(isinstance(o, Success) and "kzero" not in o.response for o in merged)
+
+
+async def test_a_bad_embeddings_request_fails_alone() -> None:
+    predictor = FakeEmbedder()
+    processor = Processor(predictor, "m", FAST, 64)
+    outcomes = await processor.process(_embeddings(processor, [{"model": "m", "input": t} for t in ("a", "bad", "c")]))
+    assert [type(o) for o in outcomes] == [Success, Failure, Success]
+    assert isinstance(outcomes[1], Failure) and outcomes[1].code == REJECTED
+    assert outcomes[1].message.startswith("input[0]"), "the bad line's own error, as if it had been sent alone"
+    inputs = [call[0]["input"] for call in predictor.openai_calls]
+    assert inputs[0] == ["a", "bad", "c"] and sorted(inputs[1:]) == ["a", "bad", "c"]
+
+
+async def test_chat_requests_go_one_per_call_even_when_equal() -> None:
+    predictor = FakeOpenAIPredictor()
+    processor = Processor(predictor, "m", FAST, 64)
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    outcomes = await processor.process(
+        [processor.validate(_openai_event("/v1/chat/completions", chat, f"b1-{i}")) for i in range(2)])
+    assert outcomes == [Success({"object": "list", "echo": chat}, 1)] * 2
+    assert predictor.openai_calls == [("/v1/chat/completions", chat)] * 2
+
+
+async def test_a_merged_embeddings_call_has_a_span_in_each_request_trace_and_sends_each_input_context() -> None:
+    provider, exporter = recording()
+    predictor = FakeEmbedder(openai_down=1)
+    processor = Processor(predictor, "m", FAST, 64, tracer=provider.get_tracer("t"))
+    await processor.process(_embeddings(processor, [{"model": "m", "input": "a"}, {"model": "m", "input": ["b", "c"]}]),
+                            [{"traceparent": FIRST}, {"traceparent": SECOND}])
+    lead, other = sorted(exporter.get_finished_spans(), key=lambda s: s.context.trace_id)
+    assert lead.name == other.name == "openai /v1/embeddings"
+    assert lead.parent.span_id == 0xB7AD6B7169203331 and other.parent.span_id == 0x2222222222222222
+    assert [link.context.span_id for link in lead.links] == [0x2222222222222222]
+    assert [link.context.span_id for link in other.links] == [lead.context.span_id]
+    for span in (lead, other):
+        assert span.attributes["kzero.attempt"] == 2 and span.attributes["kzero.batch_size"] == 2
+        assert span.attributes["kzero.items"] == 3 and [event.name for event in span.events] == ["retry"]
+    assert [headers for _, headers in predictor.openai_calls] == [{"traceparent": traceparent(lead)}] * 2
+    assert [body["kzero"] for body, _ in predictor.openai_calls] == [
+        {"input_tokens": True, "traceparents": [traceparent(lead), traceparent(other), traceparent(other)]}] * 2
+
+
+async def test_exhausted_retries_fail_every_member_of_a_merged_embeddings_call() -> None:
+    predictor = FakeEmbedder(openai_down=10)
+    processor = Processor(predictor, "m", FAST, 64)
+    outcomes = await processor.process(_embeddings(processor, [{"model": "m", "input": t} for t in "ab"]))
+    assert outcomes == [Failure(UNAVAILABLE, "connection refused", 3)] * 2
+    assert [body["input"] for body, _ in predictor.openai_calls] == [["a", "b"]] * 3
+
+
+async def test_embeddings_calls_hold_at_most_max_instances_inputs() -> None:
+    predictor = FakeEmbedder()
+    processor = Processor(predictor, "m", FAST, 3)
+    outcomes = await processor.process(
+        _embeddings(processor, [{"model": "m", "input": t} for t in (["a", "b"], "c", "d", ["e", "f", "g", "h"])]))
+    assert all(isinstance(o, Success) for o in outcomes)
+    # a call of one sends its body as it is; the request larger than the limit is not split
+    assert sorted((body["input"] for body, _ in predictor.openai_calls), key=str) == [
+        ["a", "b", "c"], ["e", "f", "g", "h"], "d"]
