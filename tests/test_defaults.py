@@ -77,6 +77,17 @@ def test_predictor_flags() -> None:
     assert built == expected
 
 
+def test_the_engine_is_continuous_unless_adapters_come_without_one() -> None:
+    base = ["--task", "generate", "--model_id", "smollm2-135m-instruct"]
+    assert predictor_config(base, {}).generation.engine == "continuous"
+    assert predictor_config([*base, "--engine", "static"], {}).generation.engine == "static"
+    adapters = [*base, "--lora", "ada=/adapters/ada", "--max_num_seqs", "4"]
+    built = predictor_config(adapters, {}).generation
+    assert built.engine == "static" and built.max_num_seqs == 4  # only the engine is chosen for it
+    with pytest.raises(ValueError, match="static engine"):  # asked for by name: refused, not overridden
+        predictor_config([*adapters, "--engine", "continuous"], {})
+
+
 def test_transformer_flags() -> None:
     values = defaults(transformer_parser(), "--predictor_host", "h:1")
     assert mismatches(values, [TransformerConfig, RequestLimits],
