@@ -92,7 +92,10 @@ def variants() -> list[tuple[str, Steps, list[tuple[str, Steps]]]]:
             ("+ ground (overlap) with extractive fallback",
              ["no_repeat", "cite", {"name": "ground", "options": {"method": "overlap"}}, "usage"]),
             ("+ ground (embedding) with extractive fallback",
-             ["no_repeat", "cite", {"name": "ground", "options": {"method": "embedding"}}, "usage"])]),
+             ["no_repeat", "cite", {"name": "ground", "options": {"method": "embedding"}}, "usage"]),
+            ("+ ground (embedding, threshold 0.9) with extractive fallback",
+             ["no_repeat", "cite", {"name": "ground", "options": {"method": "embedding", "threshold": 0.9}},
+              "usage"])]),
     ]
 
 
