@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -99,13 +100,21 @@ async def test_a_cancelled_grpc_call_leaves_the_batch(server: PredictorProcess) 
     request = pb.ModelInferRequest(model_name=NAME, inputs=[text], parameters={
         "max_new_tokens": pb.InferParameter(int64_param=1000), "ignore_eos": pb.InferParameter(bool_param=True)})
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
-        await until(lambda: metric(server, "kzero_generation_running") == 1, "the call decodes")
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+        await cancel_while_decoding(server, pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request))
+    await left_the_batch(server, cancelled_before)
+
+
+async def cancel_while_decoding(server: PredictorProcess, call: Any) -> None:
+    """Cancel ``call`` (a task or a gRPC call) once its row decodes, as a client that goes away does."""
+    await until(lambda: metric(server, "kzero_generation_running") == 1, "the request decodes")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
+async def left_the_batch(server: PredictorProcess, cancelled_before: float) -> None:
     await until(lambda: metric(server, "kzero_cancelled_requests_total", reason="disconnect") == cancelled_before + 1,
-                "the cancel is counted")
+                "the disconnect is counted")
     await until(lambda: metric(server, "kzero_generation_running") == 0
                 and metric(server, "kzero_kv_cache_usage_ratio") == 0, "its slot and blocks are free")
 
@@ -122,15 +131,9 @@ async def test_a_client_that_leaves_a_plain_json_request_takes_its_row_out(
         path, body = "/openai/v1/completions", {"model": NAME, "prompt": "a", "max_tokens": 1000, "ignore_eos": True}
     cancelled_before = metric(server, "kzero_cancelled_requests_total", reason="disconnect")
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-        call = asyncio.ensure_future(client.post(path, json=body))
-        await until(lambda: metric(server, "kzero_generation_running") == 1, "the request decodes")
-        call.cancel()  # closes the connection, as a client process that dies or times out does
-        with pytest.raises(asyncio.CancelledError):
-            await call
-    await until(lambda: metric(server, "kzero_cancelled_requests_total", reason="disconnect") == cancelled_before + 1,
-                "the disconnect is counted")
-    await until(lambda: metric(server, "kzero_generation_running") == 0
-                and metric(server, "kzero_kv_cache_usage_ratio") == 0, "its slot and blocks are free")
+        # Cancelling the task closes the connection, as a client process that dies or times out does.
+        await cancel_while_decoding(server, asyncio.ensure_future(client.post(path, json=body)))
+    await left_the_batch(server, cancelled_before)
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:  # the server answers on
         response = await client.post(path, json={**body, **({"max_tokens": 3} if route == "openai" else
                                                               {"parameters": {"max_new_tokens": 3}})})
