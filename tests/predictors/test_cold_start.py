@@ -24,7 +24,9 @@ async def test_first_start_converts_gguf_and_requests_wait_for_the_load(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    server = start_predictor(tmp_path_factory, "smol", [*GENERATE, "--cache_dir", str(cache)], ready=False)
+    # A wait deadline past any conversion: on a busy 2-core machine it took over 30 s (the default).
+    args = [*GENERATE, "--cache_dir", str(cache), "--load_wait_s", "600"]
+    server = start_predictor(tmp_path_factory, "smol", args, ready=False)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
             assert (await client.get("/v2/health/live")).status_code == 200
