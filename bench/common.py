@@ -39,13 +39,16 @@ Units = Callable[[dict[str, Any]], int]
 
 
 def parse_args(
-    description: str | None, *, load: bool = True, switches: Sequence[tuple[str, str]] = ()
+    description: str | None, *, load: bool = True, switches: Sequence[tuple[str, str]] = (),
+    paths: Sequence[tuple[str, str]] = (),
 ) -> argparse.Namespace:
-    """The common flags, and a bench's own on/off ``switches`` as (flag, help) pairs."""
+    """The common flags, and a bench's own on/off ``switches`` and optional ``paths`` as (flag, help) pairs."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     for flag, help_text in switches:
         p.add_argument(flag, action="store_true", help=help_text)
+    for flag, help_text in paths:
+        p.add_argument(flag, type=Path, metavar="DIR", help=help_text)
     if load:
         p.add_argument("--duration", type=float, help="seconds of load per configuration (overrides the default)")
     else:
@@ -124,13 +127,14 @@ def scrape_metrics(url: str) -> dict[str, float]:
 
 
 @contextmanager
-def predictor(args: Sequence[str], log_name: str,
-              env: dict[str, str] | None = None) -> Iterator[tuple[PredictorProcess, float]]:
-    """A running predictor server and its seconds from process start to ready; stopped on exit."""
+def predictor(args: Sequence[str], log_name: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> Iterator[tuple[PredictorProcess, float]]:
+    """A running predictor server (from the source tree ``cwd``, default this one) and its seconds from
+    process start to ready; stopped on exit."""
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{log_name}.log"
     log_path.unlink(missing_ok=True)
-    proc = PredictorProcess(list(args), model_name=MODEL_NAME, log_path=log_path, env=dict(env or {})).start()
+    proc = PredictorProcess(list(args), model_name=MODEL_NAME, log_path=log_path, env=dict(env or {}), cwd=cwd).start()
     try:
         yield proc, proc.wait_ready()
     finally:

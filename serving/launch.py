@@ -52,6 +52,9 @@ class PredictorProcess:
     module: str = "predictors"
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    cwd: Path | None = None
+    """Where the child runs; ``-m`` imports its packages from there first (a benchmark runs an older
+    source tree side by side with this one)."""
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -75,7 +78,8 @@ class PredictorProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.env}
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), env=env, cwd=self.cwd, stdout=out,
+                                        stderr=subprocess.STDOUT)
         return self
 
     def wait_live(self, timeout: float = 60.0) -> float:
