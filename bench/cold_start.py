@@ -116,7 +116,7 @@ def main() -> None:
     seen = {name for s in starts for name in s.phases}
     names = [n for n in PHASES if n in seen] + sorted(seen - set(PHASES))
     median_phases = {n: median([s.phases[n] for s in cached if n in s.phases]) for n in names if n in cached[0].phases}
-    starts_table = table(["start", "ready s", *(f"{n} s" for n in names), "ready - sum of phases s", "other cores"],
+    starts_table = table(["start", "ready s", *(f"{n} s" for n in names), "not in a phase s", "other cores"],
                          [s.row(names) for s in starts])
     summary_rows = [["(i) first start, empty cache", first.ready_s, 1],
                     ["(ii) start with cache filled", cached_median, repeats],
@@ -133,8 +133,7 @@ def main() -> None:
                          [[n, v] for n, v in median_phases.items()])
     notes = (f"model {MODEL_ID}; weights {weights.relative_to(CACHE_DIR)} "
              f"({weights.stat().st_size / 2**20:,.0f} MiB); floor runs {[round(f, 2) for f in floor]} s "
-             f"while other processes used {[round(o, 2) for o in floor_other]} cores. The model loads while "
-             f"the server imports (predictors/preload.py), so the phases overlap and do not add up to ready.\n\n")
+             f"while other processes used {[round(o, 2) for o in floor_other]} cores\n\n")
     notes += noise_note({s.start: s.other_cores for s in starts}
                         | {f"floor-{i + 1}": o for i, o in enumerate(floor_other)})
     report("Cold start: generate predictor", machine,
