@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import sys
@@ -157,26 +156,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m predictors: {err}", file=sys.stderr)
         return 2
 
-    from observability.logs import LogConfig, setup_logging
-    from predictors.preload import EarlyLoad, load_quietly
-
-    try:  # a bad KZERO_LOG_* value names the variable
-        log_config = LogConfig.from_env(os.environ)
-    except ValueError as err:
-        print(f"python -m predictors: {err}", file=sys.stderr)
-        return 2
-    setup_logging(log_config)  # before the load starts, so its lines (a GGUF conversion) are kept
-    # Settings are valid: the model loads while the server stack below imports and sets up.
-    loader = EarlyLoad(functools.partial(load_quietly, config))
-
+    from observability.logs import LogConfig
     from observability.telemetry import setup_telemetry
+    from predictors.loading import load_task
     from predictors.metrics import PredictorMetrics
     from predictors.model import BatchedModel
     from predictors.routes import predictor_routers
     from serving.server import KzeroServer, serve
 
     import_s = _seconds_since_process_start()
-    try:  # a bad OTEL_* value (TelemetryConfigError is a ValueError) names the variable
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:  # a bad KZERO_LOG_* or OTEL_* value (TelemetryConfigError is a ValueError) names the variable
+        log_config = LogConfig.from_env(os.environ)
         telemetry = setup_telemetry(f"kzero-predictor-{config.model_name}", dict(os.environ))
     except ValueError as err:
         print(f"python -m predictors: {err}", file=sys.stderr)
@@ -186,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracer = telemetry.tracer("kzero.predictors")
     model = BatchedModel(
         config.model_name,
-        loader,
+        lambda: load_task(config),
         config.batcher,
         load_wait_s=config.load_wait_s,
         retry_after_s=config.retry_after_s,
