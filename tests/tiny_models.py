@@ -8,6 +8,7 @@ and streaming assertions exact.
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 CHARS = string.ascii_letters + string.digits + " .,!?'-\n"
@@ -84,3 +85,8 @@ def lora_adapter(model_dir: Path, directory: Path, seed: int = 1, rank: int = 4,
                         init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(directory)
     return directory
+
+
+def lora_adapters(model_dir: Path, root: Path, names: Sequence[str]) -> dict[str, Path]:
+    """One adapter per name under ``root``, seeded 1, 2, ... so each has weights of its own."""
+    return {name: lora_adapter(model_dir, root / name, seed=seed) for seed, name in enumerate(names, 1)}

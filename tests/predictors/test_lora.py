@@ -14,7 +14,7 @@ from predictors.device import resolve_placement
 from predictors.engines.generate import GenerateEngine, GenerationRequest, GenerationResult, SamplingParams
 from predictors.engines.lora import CONFIG_FILE, WEIGHTS_FILE, AdapterNotFound, check_adapter_dir
 from serving.errors import InvalidInput
-from tests.tiny_models import lora_adapter, tiny_causal_lm
+from tests.tiny_models import lora_adapter, lora_adapters, tiny_causal_lm
 
 PROMPTS = ["hello there", "a longer prompt than the first one", "x"]
 
@@ -26,8 +26,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def adapters(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("adapters")
-    return {name: lora_adapter(model_dir, root / name, seed=seed) for name, seed in (("one", 1), ("two", 2))}
+    return lora_adapters(model_dir, tmp_path_factory.mktemp("adapters"), ("one", "two"))
 
 
 def engine_of(model_dir: Path) -> GenerateEngine:

@@ -23,7 +23,7 @@ from tests.conftest import start_predictor
 from tests.keyed import KEY, KEYS, bearer
 from tests.otlp_receiver import OtlpReceiver
 from tests.predictors.metrics import scrape, value
-from tests.tiny_models import lora_adapter, tiny_causal_lm
+from tests.tiny_models import lora_adapters, tiny_causal_lm
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def adapter_dirs(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("adapters")
-    return {name: lora_adapter(model_dir, root / name, seed=seed) for name, seed in (("ada", 1), ("bob", 2))}
+    return lora_adapters(model_dir, tmp_path_factory.mktemp("adapters"), ("ada", "bob"))
 
 
 @pytest.fixture(scope="module")
