@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,15 +254,20 @@ def test_broker_restart_mid_job_loses_nothing(embed_server: PredictorProcess, tm
 
 
 def test_scaling_out_mid_job_rebalances_without_loss(kafka_bootstrap: str, topics: Topics, workers) -> None:
-    events = job("scale", 800)
+    # Enough events that the second worker (seconds to start) joins while the first still has work on a
+    # quiet machine: with 800 the first once finished them all before the rebalance.
+    events = job("scale", 4000)
     send_events(kafka_bootstrap, topics.requests, events, "binary", progress=False)
     first = workers("--max-batch", "16", "--max-in-flight", "64")
     results = TopicReader(kafka_bootstrap, topics.results)
     results.wait_for(lambda r: len(r.events) >= 150, timeout_s=120)
     second = workers("--max-batch", "16", "--max-in-flight", "64")
-    results.wait_for(lambda r: len(r.request_ids()) >= 800, timeout_s=300)
+    deadline = time.monotonic() + 120  # a bound against hangs: the join's rebalance revokes the first's partitions
+    while "revoked" not in first.log_path.read_text():
+        assert time.monotonic() < deadline, "the second worker never took partitions over"
+        time.sleep(0.2)
+    results.wait_for(lambda r: len(r.request_ids()) >= len(events), timeout_s=300)
     assert set(results.request_ids()) == {e.id for e in events}
-    assert "revoked" in first.log_path.read_text(), "the second worker took partitions over"
     assert first.terminate() == 0 and second.terminate() == 0
     assert _committed(kafka_bootstrap, topics) == _ends(kafka_bootstrap, topics.requests)
     results.close()
