@@ -84,13 +84,11 @@ class PredictorConfig(BaseModel):
     def _static_for_adapters(cls, data: object) -> object:
         """``--lora`` without ``--engine`` runs the static engine: only it applies an adapter per request."""
         if isinstance(data, dict) and data.get("lora"):
-            generation = data.get("generation")
-            if generation is None:
-                data = {**data, "generation": EngineConfig(engine="static")}
-            elif isinstance(generation, EngineConfig) and "engine" not in generation.model_fields_set:
+            generation = data.get("generation") or {}
+            if isinstance(generation, dict):
+                generation = EngineConfig.model_validate(generation)
+            if isinstance(generation, EngineConfig) and "engine" not in generation.model_fields_set:
                 data = {**data, "generation": generation.model_copy(update={"engine": "static"})}
-            elif isinstance(generation, dict) and "engine" not in generation:
-                data = {**data, "generation": {**generation, "engine": "static"}}
         return data
 
     @model_validator(mode="after")

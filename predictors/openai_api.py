@@ -70,11 +70,9 @@ def openai_router(model: BatchedModel) -> APIRouter:
 
     async def body_of(request: Request, schema: type[OpenAIBody]) -> Any:
         body = parse_model(schema, await json_body(request))
-        if body.model != model.name:
-            await model.wait_ready()  # adapters are known once the model is loaded
-            if body.model not in model.adapter_names:
-                raise ModelNotFound(body.model, [model.name, *model.adapter_names])
-        await model.wait_ready()
+        await model.wait_ready()  # adapters are known once the model is loaded
+        if body.model != model.name and body.model not in model.adapter_names:
+            raise ModelNotFound(body.model, [model.name, *model.adapter_names])
         return body
 
     def adapter_of(body: OpenAIBody) -> str | None:
