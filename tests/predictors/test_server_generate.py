@@ -172,7 +172,7 @@ async def test_bad_generation_input_is_400(generate_server: PredictorProcess, bo
 @pytest.fixture(scope="module")
 def tiny_queue_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[PredictorProcess]:
     args = ["--task", "generate", "--model_id", "smollm2-135m-instruct", "--cache_dir", str(model_cache),
-            "--max_batch_size", "1", "--max_queue", "2"]
+            "--engine", "static", "--max_batch_size", "1", "--max_queue", "2"]  # the batcher's queue bound
     server = start_predictor(tmp_path_factory, "smol", args)
     yield server
     assert server.stop() == 0
