@@ -147,6 +147,10 @@ class PartitionTransactions:
             producer.close(timeout=_CLOSE_TIMEOUT_S)
         except KafkaError as err:  # batches still being retried: they fail by delivery.timeout.ms
             log.warning("partition %s: producer not closed (%s: %s)", _name(partition), type(err).__name__, err)
+        except AttributeError as err:
+            # kafka-python 2.3: a fenced producer's client may already have closed its wake-up socket,
+            # and close() then fails waking it ('NoneType' has no 'sendall'); the producer is done either way.
+            log.warning("partition %s: producer already shut (%s)", _name(partition), err)
 
 
 def _name(partition: TopicPartition) -> str:
