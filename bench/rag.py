@@ -3,8 +3,8 @@
 1. Retrieval. N synthetic chunks (384-d unit vectors, seeded: N/100 random centers, each vector a
    center plus Gaussian noise, so every vector has ~100 meaningful neighbours) go into a throwaway
    Milvus Lite file through ``VectorStore.replace_documents`` in batches of 5,000 (new documents, so
-   ``absent``: no delete, as ingest does for them), once per index: IVF_FLAT and,
-   side by side, the store's default AUTOINDEX (HNSW in Milvus Lite); the store is closed and reopened
+   ``absent``: no delete, as ingest does for them), once per index: IVF_FLAT, FLAT and, side by
+   side, the store's default AUTOINDEX; the store is closed and reopened
    as the transformer would find it. 200
    queries (stored vectors plus small noise, renormalized) are searched one at a time with
    ``VectorStore.search(top_k=10)`` and, as the exact limit, with a torch matmul + topk over the same
@@ -74,10 +74,10 @@ NOISE = 0.75  # norm of the noise added to a center (centers are unit vectors)
 QUERY_NOISE = 0.25  # norm of the noise added to a stored vector to make a query
 CLIENTS = (1, 16)
 INGEST_BATCH = 64
-OVERHEAD_TARGET_MS = 5.0
+OVERHEAD_TARGET_MS = 3.0  # issue 16 (issue 4 asked for 5)
 INGEST_TARGET = 0.7
 COLLECTION = "kzero"
-INDEXES = (IndexConfig(index_type="IVF_FLAT"), IndexConfig())  # the bulk-load choice, then the default
+INDEXES = (IndexConfig(index_type="IVF_FLAT"), IndexConfig(index_type="FLAT"), IndexConfig())  # the default last
 SEARCH_TARGET = 1.5  # Milvus p50 / exact CPU p50
 RECALL_TARGET = 0.95
 PREDICTOR_MODEL = "fake"

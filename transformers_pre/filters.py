@@ -2,9 +2,9 @@
 
 A filter is a condition ``{"field", "op", "value"}``, a list of filters (all must hold) or
 ``{"any": [filters]}`` (one must hold). Fields come from an allow-list with a type; values are
-type-checked and written as escaped literals, so no value can change the expression's shape
-(Milvus Lite 3.2 rejects pymilvus' ``filter_params`` templates, so the escaping is the store's
-``string_literal``). A raw expression string is refused unless the server was started with
+type-checked and written as escaped literals (the store's ``string_literal``), so no value can
+change the expression's shape; a value with a control character other than tab has no literal
+Milvus matches and is refused. A raw expression string is refused unless the server was started with
 ``--allow_raw_filter``.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from transformers_pre.errors import BadRequest, CollectionNotServed
-from transformers_pre.store import FILTER_COLUMNS, UNFILTERABLE_COLUMNS, string_literal
+from transformers_pre.store import CONTROL_CHARACTERS, FILTER_COLUMNS, UNFILTERABLE_COLUMNS, string_literal
 
 FieldType = Literal["str", "int", "float", "bool", "list"]
 FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
@@ -31,8 +31,6 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 }
 _COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-# Control characters other than tab and line breaks have no escape both Milvus parsers share: refused.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INT64 = (-(2**63), 2**63 - 1)
 _CONDITION_KEYS = ("field", "op", "value")
 _SHAPE = 'a condition {"field", "op", "value"}, a list of filters or {"any": [filters]}'
@@ -157,7 +155,7 @@ class FilterCompiler:
                 raise BadRequest(where, f"expected a string, got {_type(value)}")
             if len(value) > self.max_chars:
                 raise BadRequest(where, f"{len(value)} characters exceed the limit of {self.max_chars}")
-            if _CONTROL.search(value):
+            if CONTROL_CHARACTERS.search(value):
                 raise BadRequest(where, "must not contain control characters")
             return string_literal(value)
         if kind == "bool":

@@ -1,12 +1,11 @@
 """Which vector index a collection is built with, and how a search walks it.
 
-Milvus Lite builds a segment's index in a background thread after each flush and each compaction,
-and closing the file waits for those builds: HNSW (what AUTOINDEX means there) took minutes per
-100,000 chunks on a loaded machine, IVF_FLAT a twentieth of it (bench/rag.py, docs/benchmarks.md).
-AUTOINDEX stays the default: an IVF search scans only ``nprobe`` cells, so a narrow metadata filter
-can find fewer matches than exist, and at 100,000 chunks it searched about 2x slower. IVF_FLAT
-(with ``nprobe`` near ``nlist`` for filtered search) suits bulk loads that are closed often.
-A Milvus server takes the same names and parameters.
+AUTOINDEX is the default: Milvus Lite 2.5 (Milvus' C++ engine in a local process) builds FLAT,
+IVF_FLAT and AUTOINDEX and refuses HNSW, which a Milvus server builds. Over 100,000 chunks Lite's
+AUTOINDEX and IVF_FLAT (nlist 256, nprobe 16) searched in 0.4x the time of an exact matmul at
+recall@10 0.995, FLAT in 3.5x (bench/rag.py, docs/benchmarks.md). An IVF search scans only
+``nprobe`` cells, so a narrow metadata filter can find fewer matches than exist: raise ``nprobe``
+towards ``nlist`` for filtered search. A Milvus server takes the same names and parameters.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ feeds Milvus' BM25 function, so the same collection serves dense, full-text and 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,9 +27,14 @@ _FIELDS = ["doc_id", "chunk_id", "text", "metadata"]
 # ``metadata``. The remaining columns are never filterable (a filter on ``text`` would probe the corpus).
 FILTER_COLUMNS = {"doc_id": "str", "chunk_id": "int"}
 UNFILTERABLE_COLUMNS = frozenset({"id", "doc_hash", "text", "metadata", "vector", "sparse"})
-# Escapes both Milvus Lite and the Milvus server parse; neither takes json.dumps' \uXXXX, so other
-# characters, non-ASCII ones included, stay as they are.
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# The escapes Milvus' expression parser (server and Lite 2.5 alike) reads back as the character: only
+# backslash and quote. A tab stays as it is; a line break or other control character has no literal
+# that matches it (``\\n`` parses but never matches), so filters and document ids refuse them.
+_ESCAPES = {"\\": "\\\\", '"': '\\"'}
+# Rows per insert call: Milvus Lite 2.5's insert time grows with the square of the call's rows (15,000
+# rows: 1.1 s in calls of 250, 5.1 s in calls of 2,500; 5,000 rows per call took 11 s each).
+INSERT_ROWS = 256
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def string_literal(value: str) -> str:
@@ -154,8 +160,8 @@ class VectorStore:
         stored = [doc_id for doc_id, *_ in documents if doc_id not in absent]
         if stored:
             self._call(self._client.delete, self.collection, filter=f"doc_id in {_string_list(stored)}")
-        if rows:
-            self._call(self._client.insert, self.collection, rows)
+        for first in range(0, len(rows), INSERT_ROWS):
+            self._call(self._client.insert, self.collection, rows[first:first + INSERT_ROWS])
         return [len(chunks) for _, _, chunks, _ in documents]
 
     def delete_document(self, doc_id: str) -> int:

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from transformers_pre.__main__ import config_from_args
+from transformers_pre.errors import StoreUnavailable
 from transformers_pre.index import IndexConfig
 from transformers_pre.ingest.__main__ import build_parser
 from transformers_pre.ingest.__main__ import config_from_args as ingest_config
@@ -39,7 +40,7 @@ def test_parameters_follow_the_index_type() -> None:
         IndexConfig(index_type="DISKANN")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("index_type", ["IVF_FLAT", "HNSW", "FLAT"])
+@pytest.mark.parametrize("index_type", ["IVF_FLAT", "FLAT", "AUTOINDEX"])
 def test_each_index_type_is_built_reopened_and_searched(tmp_path: Path, index_type: str) -> None:
     vectors = unit_rows(ROWS, 16, seed=7)
     config = IndexConfig(index_type=index_type, nlist=16, nprobe=16)  # type: ignore[arg-type]
@@ -60,6 +61,15 @@ def test_each_index_type_is_built_reopened_and_searched(tmp_path: Path, index_ty
             assert [p.chunk_id for p in store.search(vectors[row], 5)] == exact
         hybrid = store.search(vectors[57], 3, query_text="chunk number 57", mode="hybrid")
         assert hybrid[0].chunk_id == 57
+    finally:
+        store.close()
+
+
+def test_milvus_lite_refuses_hnsw_with_the_types_it_builds(tmp_path: Path) -> None:
+    store = VectorStore.connect(str(tmp_path / "h.db"), "docs", IndexConfig(index_type="HNSW"))
+    try:
+        with pytest.raises(StoreUnavailable, match="HNSW.*FLAT IVF_FLAT AUTOINDEX"):
+            store.ensure_collection(16)
     finally:
         store.close()
 

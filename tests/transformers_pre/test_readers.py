@@ -67,6 +67,7 @@ def test_jsonl_lines_are_documents(tmp_path: Path) -> None:
         ({"text": "no id"}, "'id' must be a non-empty string"),
         ({"id": "", "text": "empty id"}, "'id' must be a non-empty string"),
         ({"id": "x" * 600, "text": "long id"}, "'id' must be at most 512 bytes"),
+        ({"id": "two\nlines", "text": "t"}, "'id' must not contain control characters other than tab"),
         ({"id": "x"}, "'text' must be a string"),
         ({"id": "x", "text": "t", "metadata": [1]}, "'metadata' must be an object"),
         ({"id": "x", "text": "t", "meta": {}}, "unknown keys \\['meta'\\]"),

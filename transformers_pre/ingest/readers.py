@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers_pre.errors import BadRequest
+from transformers_pre.store import CONTROL_CHARACTERS
 
 FORMATS = {".txt": "txt", ".md": "md", ".markdown": "md", ".jsonl": "jsonl"}
 _HEADING = re.compile(r"#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*")
@@ -70,6 +71,8 @@ def id_problem(doc_id: object) -> str | None:
         return "must be a non-empty string"
     if len(doc_id.encode()) > MAX_ID_BYTES:
         return f"must be at most {MAX_ID_BYTES} bytes of UTF-8, got {len(doc_id.encode())}"
+    if CONTROL_CHARACTERS.search(doc_id):  # a filter or a delete could never name it
+        return "must not contain control characters other than tab"
     return None
 
 
