@@ -68,7 +68,7 @@ def test_each_index_type_is_built_reopened_and_searched(tmp_path: Path, index_ty
 def test_milvus_lite_refuses_hnsw_with_the_types_it_builds(tmp_path: Path) -> None:
     store = VectorStore.connect(str(tmp_path / "h.db"), "docs", IndexConfig(index_type="HNSW"))
     try:
-        with pytest.raises(StoreUnavailable, match="HNSW.*FLAT IVF_FLAT AUTOINDEX"):
+        with pytest.raises(StoreUnavailable, match=r"HNSW.*FLAT IVF_FLAT AUTOINDEX"):
             store.ensure_collection(16)
     finally:
         store.close()
