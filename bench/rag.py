@@ -515,7 +515,8 @@ def main() -> None:
         per_request[clients] = 1e3 * (1 / parts[0]["requests_per_s"] - 1 / parts[1]["requests_per_s"]
                                       - 1 / parts[2]["requests_per_s"])
         met = "met" if overhead[clients] <= OVERHEAD_TARGET_MS else "MISSED"
-        rows.append([clients, *(p["p50_ms"] for p in parts), overhead[clients], f"<= {OVERHEAD_TARGET_MS:g} ms: {met}",
+        target = f"<= {OVERHEAD_TARGET_MS:g} ms: {met}" if clients == 1 else "(at 1 client only: queueing)"
+        rows.append([clients, *(p["p50_ms"] for p in parts), overhead[clients], target,
                      *(p["requests_per_s"] for p in parts), per_request[clients], run["transformer"]["p99_ms"],
                      sum(p["errors"] for p in parts)])
     chain_table = table(
