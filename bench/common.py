@@ -263,10 +263,11 @@ def load_row(r: dict[str, Any]) -> list[Any]:
 def bench_server(
     args: Sequence[str], label: str, payload: Payload, *, clients: int, duration_s: float,
     warmup_clients: int, units: Units | None = None, probe: Callable[[str], Any] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, Any]:
     """Start a server, ``probe(its predict URL)`` it, warm it with one round of ``warmup_clients`` requests,
     load it, stop it."""
-    with predictor(args, label) as (proc, ready_s):
+    with predictor(args, label, cwd=cwd) as (proc, ready_s):
         url = f"{proc.url}/v1/models/{MODEL_NAME}:predict"
         probed = probe(url) if probe else None
         warm = asyncio.run(closed_loop(url, payload, clients=warmup_clients, per_client=1, units=units))

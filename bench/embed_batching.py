@@ -4,6 +4,9 @@
 within 5 ms and (b) the same server with ``--max_batch_size 1``. Then, with no server running, (c)
 ``EmbedEngine.run_batch`` is timed in this process over several batch sizes; its best texts/s is the
 ceiling that the batched server is compared against.
+
+``--baseline DIR`` also runs both server configs from another source tree (``git archive`` of the code
+before a change), each right after the same config from this tree, so before and after come from one run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ TEXT = "sentence number {i} about kafka and kserve"
 CLIENTS = 64
 RAW_BATCH_SIZES = (1, 8, 16, 32, 64, 128)
 CONFIGS = {"batched": 64, "unbatched": 1}  # --max_batch_size
-TARGETS = {"cpu": (4.0, 0.5), "gpu": (10.0, 0.6)}  # batched/unbatched, batched/raw
+TARGETS = {"cpu": (4.0, 0.6), "gpu": (10.0, 0.6)}  # batched/unbatched, batched/raw (issue 16)
 
 
 def server_args(max_batch_size: int) -> list[str]:
@@ -53,7 +56,12 @@ def probe(url: str) -> int:
 
 
 def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
-    """texts/s of ``EmbedEngine.run_batch`` in this process, per batch size."""
+    """texts/s of ``EmbedEngine.run_batch`` in this process, per batch size: one batch at a time on all
+    threads, and (on a CPU with 2+ cores) the server's layout too, two batches side by side on half the
+    threads each. The limit is the best row of either."""
+    import threading
+
+    import torch
     from transformers.utils import logging as hf_logging
 
     from predictors.device import resolve_placement
@@ -64,56 +72,82 @@ def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
     placement = resolve_placement("auto", "auto")
     engine = EmbedEngine.load(resolve_packaged(MODEL_ID).location()[0], placement)
     engine.warmup()
+    threads = torch.get_num_threads()
+    layouts = [1, 2] if engine.parallel_batches > 1 else [1]
     rows = []
-    for size in RAW_BATCH_SIZES:
-        batches = 0
-        engine.run_batch([TEXT.format(i=i) for i in range(size)])  # warm this shape
-        started, cpu = time.perf_counter(), cpu_now(None)
-        while (elapsed := time.perf_counter() - started) < seconds_per_size or batches < 3:
-            engine.run_batch([TEXT.format(i=batches * size + i) for i in range(size)])
-            batches += 1
-        rows.append({"batch_size": size, "batches": batches, "seconds": elapsed,
-                     "texts_per_s": batches * size / elapsed, "ms_per_batch": elapsed / batches * 1e3,
-                     "other_cores": cpu_usage(cpu, elapsed, None)["other_cores"]})
+    for side_by_side in layouts:
+        torch.set_num_threads(max(1, threads // side_by_side))
+        for size in RAW_BATCH_SIZES:
+            engine.run_batch([TEXT.format(i=i) for i in range(size)])  # warm this shape
+            counts = [0] * side_by_side
+            started, cpu = time.perf_counter(), cpu_now(None)
+
+            def loop(k: int, size: int = size, started: float = started, counts: list[int] = counts) -> None:
+                while time.perf_counter() - started < seconds_per_size or counts[k] < 3:
+                    first = (counts[k] * len(counts) + k) * size
+                    engine.run_batch([TEXT.format(i=first + i) for i in range(size)])
+                    counts[k] += 1
+
+            workers = [threading.Thread(target=loop, args=(k,)) for k in range(side_by_side)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            elapsed = time.perf_counter() - started
+            batches = sum(counts)
+            rows.append({"batch_size": size, "side_by_side": side_by_side, "torch_threads": torch.get_num_threads(),
+                         "batches": batches, "seconds": elapsed, "texts_per_s": batches * size / elapsed,
+                         "ms_per_batch": elapsed / batches * side_by_side * 1e3,
+                         "other_cores": cpu_usage(cpu, elapsed, None)["other_cores"]})
+    torch.set_num_threads(threads)
     return rows
 
 
 def main() -> None:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, paths=[("--baseline", "also run both servers from this source tree")])
     duration = args.duration or (3.0 if args.quick else 20.0)
     raw_seconds = 0.5 if args.quick else 2.0
     machine = machine_info()
+    trees = {"": None, " (baseline)": args.baseline} if args.baseline else {"": None}
     runs = {
-        label: bench_server(server_args(size), f"embed-{label}", payload, clients=CLIENTS, duration_s=duration,
-                            warmup_clients=CLIENTS, probe=probe)
-        for label, size in CONFIGS.items()
+        label + suffix: bench_server(server_args(size), f"embed-{label}{suffix and '-baseline'}", payload,
+                                     clients=CLIENTS, duration_s=duration, warmup_clients=CLIENTS, probe=probe,
+                                     cwd=tree)
+        for label, size in CONFIGS.items() for suffix, tree in trees.items()
     }
     raw = raw_limit(raw_seconds)  # after the servers stopped, so nothing competes for the cores
     best_raw = max(raw, key=lambda r: r["texts_per_s"])
-    batched, unbatched = runs["batched"], runs["unbatched"]
-    vs_unbatched = batched["requests_per_s"] / unbatched["requests_per_s"]
-    vs_raw = batched["requests_per_s"] / best_raw["texts_per_s"]
     kind = "gpu" if machine["cuda_device"] else "cpu"
     target_unbatched, target_raw = TARGETS[kind]
+    ratios, ratio_rows = {}, []
+    for suffix in trees:
+        batched, unbatched = runs["batched" + suffix], runs["unbatched" + suffix]
+        vs_unbatched = batched["requests_per_s"] / unbatched["requests_per_s"]
+        vs_raw = batched["requests_per_s"] / best_raw["texts_per_s"]
+        ratios[suffix.strip(" ()") or "this tree"] = {"batched_over_unbatched": vs_unbatched,
+                                                      "batched_over_raw": vs_raw}
+        ratio_rows += [[f"batched / unbatched{suffix}", f"{vs_unbatched:.2f}x", check(vs_unbatched, target_unbatched)],
+                       [f"batched / raw limit{suffix}", f"{vs_raw:.2f}x", check(vs_raw, target_raw)]]
 
+    sizes = {label + suffix: size for label, size in CONFIGS.items() for suffix in trees}
     server_table = table(
         ["config", "max_batch_size", *load_headers("texts")],
-        [[r["config"], size, *load_row(r)] for size, r in zip(CONFIGS.values(), runs.values(), strict=True)],
+        [[r["config"], sizes[label], *load_row(r)] for label, r in runs.items()],
     )
-    raw_table = table(["raw batch size", "texts/s", "ms/batch", "other cores"],
-                      [[r["batch_size"], r["texts_per_s"], r["ms_per_batch"], r["other_cores"]] for r in raw])
-    ratio_table = table(
-        ["ratio", "value", f"target ({kind})"],
-        [["batched / unbatched", f"{vs_unbatched:.2f}x", check(vs_unbatched, target_unbatched)],
-         ["batched / raw limit", f"{vs_raw:.2f}x", check(vs_raw, target_raw)]],
-    )
+    raw_table = table(["raw batch size", "batches side by side", "torch threads each", "texts/s", "ms/batch",
+                       "other cores"],
+                      [[r["batch_size"], r["side_by_side"], r["torch_threads"], r["texts_per_s"], r["ms_per_batch"],
+                        r["other_cores"]] for r in raw])
+    ratio_table = table(["ratio", "value", f"target ({kind})"], ratio_rows)
     notes = (f"{CLIENTS} clients, one text per request, {duration:g}s per server config; embedding dim "
-             f"{batched['probe']}; raw limit = best of batch sizes {list(RAW_BATCH_SIZES)} "
-             f"({best_raw['texts_per_s']:,.0f} texts/s at {best_raw['batch_size']})")
-    notes += "\n\n" + load_notes(list(runs.values()), {f"raw batch {r['batch_size']}": r["other_cores"] for r in raw})
+             f"{runs['batched']['probe']}; raw limit = best of batch sizes {list(RAW_BATCH_SIZES)}, "
+             f"one batch at a time or side by side ({best_raw['texts_per_s']:,.0f} texts/s at "
+             f"{best_raw['batch_size']}, {best_raw['side_by_side']} at a time)")
+    raw_busy = {f"raw batch {r['batch_size']} x{r['side_by_side']}": r["other_cores"] for r in raw}
+    notes += "\n\n" + load_notes(list(runs.values()), raw_busy)
     report("Embedding: adaptive batching", machine, [notes, server_table, raw_table, ratio_table], "embed_batching",
            {"clients": CLIENTS, "duration_s": duration, "servers": runs, "raw": raw, "raw_best": best_raw,
-            "ratios": {"batched_over_unbatched": vs_unbatched, "batched_over_raw": vs_raw},
+            "baseline_tree": str(args.baseline) if args.baseline else None, "ratios": ratios,
             "targets": {"kind": kind, "batched_over_unbatched": target_unbatched, "batched_over_raw": target_raw}})
 
 

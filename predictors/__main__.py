@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batch_latency_ms", type=float, default=default_of(BatcherConfig, "max_batch_latency_ms"))
     p.add_argument("--max_queue", type=int, default=default_of(BatcherConfig, "max_queue"),
                    help="items waiting before requests get 503")
+    p.add_argument("--max_concurrent_batches", type=int,
+                   help="batches computed at once (default: 2 for embed on a CPU with 2+ cores, else 1)")
     p.add_argument("--load_wait_s", type=float, default=default("load_wait_s"),
                    help="how long a request waits for a loading model")
     p.add_argument("--max_instances", type=int, default=default_of(LimitsConfig, "max_instances"))
@@ -100,6 +102,7 @@ def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorC
             max_batch_size=args.max_batch_size,
             max_batch_latency_ms=args.max_batch_latency_ms,
             max_queue=args.max_queue,
+            max_concurrent_batches=args.max_concurrent_batches,
         ),
         limits=LimitsConfig(
             max_instances=args.max_instances,

@@ -2,8 +2,9 @@
 
 Callers ``await batcher.submit(item)``. Items that arrive within ``max_batch_latency_ms`` of
 the oldest waiting item (or until ``max_batch_size`` is reached) and share a batch key run
-as one call of the handler. One batch runs at a time, so under load the next batch fills
-while the current one computes: batch size adapts to the arrival rate.
+as one call of the handler. At most ``max_concurrent_batches`` batches run at a time (one by
+default), so under load the next batch fills while the current ones compute: batch size adapts
+to the arrival rate.
 
 This module imports neither KServe nor torch; the server wires it to an engine.
 """
@@ -55,6 +56,13 @@ class BatcherConfig(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_latency_ms: float = Field(default=5.0, ge=0.0, le=60_000.0)
     max_queue: int = Field(default=1024, ge=1)
+    max_concurrent_batches: int | None = Field(
+        default=None, ge=1, le=64,
+        description="batches computed at once; None: what the engine prefers (one unless it says otherwise)")
+
+    @property
+    def concurrency(self) -> int:
+        return self.max_concurrent_batches or 1
 
 
 class Clock(Protocol):
@@ -121,8 +129,8 @@ class Batcher(Generic[T, R]):
         self._clock = clock or MonotonicClock()
         self._observer = observer
         self._pending: list[Pending[T, R]] = []
-        self._running: list[Pending[T, R]] = []
-        self._arrival = asyncio.Event()
+        self._running: dict[asyncio.Task[None], list[Pending[T, R]]] = {}  # batches computing now
+        self._arrival = asyncio.Event()  # an item arrived or a batch finished
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -158,23 +166,42 @@ class Batcher(Generic[T, R]):
             except asyncio.CancelledError:
                 pass
             self._runner = None
-        for pending in [*self._running, *self._pending]:
+        running = list(self._running.items())
+        for task, _ in running:
+            task.cancel()
+        for task, _ in running:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for pending in [*(p for _, batch in running for p in batch), *self._pending]:
             if not pending.future.done():
                 pending.future.set_exception(BatcherClosed("batcher closed before the request finished"))
         self._pending.clear()
-        self._running = []
+        self._running = {}
 
     async def _run(self) -> None:
         while True:
             self._drop_cancelled()
-            if not self._pending:
+            if not self._pending or len(self._running) >= self._config.concurrency:
                 self._arrival.clear()
                 await self._arrival.wait()
                 continue
-            self._running = await self._collect()
-            if self._running:
-                await self._execute(self._running)
-            self._running = []
+            batch = await self._collect()
+            if not batch:
+                continue
+            if self._config.concurrency == 1:  # the common case: no task per batch
+                self._running = {asyncio.current_task(): batch}  # type: ignore[dict-item]
+                await self._execute(batch)  # if cancelled, close() still finds the batch in _running
+                self._running = {}
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(batch), name="kzero-batch")
+            self._running[task] = batch
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._arrival.set()  # the runner may start another batch
 
     def _drop_cancelled(self) -> None:
         self._pending = [p for p in self._pending if not p.future.done()]

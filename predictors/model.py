@@ -73,8 +73,11 @@ class BatchedModel(Model):
         self._retry_after_s = retry_after_s
         self._tracer = tracer
         self._metrics = metrics
-        # One model thread: loading and forward passes never run concurrently on the model.
+        # One model thread for loading and adapters; forward passes run on it too unless the engine
+        # computes batches side by side (``_batch_executor``).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kzero-{name}")
+        # Forward passes run here; an engine that computes batches side by side gets its own threads.
+        self._batch_executor = self._executor
         self._gate = LoadGate(name, load_wait_s, retry_after_s)
         self._task: TaskAdapter[Any, Any] | None = None
         self._batcher: Batcher[Work, Any] | None = None
@@ -150,9 +153,18 @@ class BatchedModel(Model):
         except BaseException as err:
             self._gate.fail(err)
             raise
+        engine = self._task.engine
+        concurrency = self._batcher_config.max_concurrent_batches or getattr(engine, "parallel_batches", 1)
+        if self._batch_executor is not self._executor:  # a reload replaces the old threads
+            self._batch_executor.shutdown(wait=False)
+            self._batch_executor = self._executor
+        if concurrency > 1:  # forward passes side by side, each on its own thread
+            if hasattr(engine, "use_threads"):
+                engine.use_threads(concurrency)
+            self._batch_executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"kzero-{self.name}-batch")
         self._batcher = Batcher(
             self._run_batch,
-            self._batcher_config,
+            self._batcher_config.model_copy(update={"max_concurrent_batches": concurrency}),
             key=lambda work: self.task.engine.batch_key(work.item),
             observer=lambda size, waits: self._metrics.observe_batch(self.name, size, waits),
         )
@@ -196,6 +208,8 @@ class BatchedModel(Model):
             await self._batcher.close()
         await self._stop_scheduler()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._batch_executor is not self._executor:
+            self._batch_executor.shutdown(wait=False, cancel_futures=True)
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return self.task.tensor_metadata()[0]
@@ -216,7 +230,7 @@ class BatchedModel(Model):
             return task.to_v2(await self.infer_items(items, headers, parents=parents), payload)
         body, traced = item_trace.split_v1(payload)
         chat = any(isinstance(i, Mapping) and "messages" in i for i in _instances(body))
-        items = await asyncio.to_thread(task.from_v1, body)
+        items = task.from_v1(body) if task.cheap_v1(body) else await asyncio.to_thread(task.from_v1, body)
         parents = item_trace.contexts(traced, len(items))
         return task.to_v1(await self.infer_items(items, headers, "chat" if chat else None, parents=parents))
 
@@ -352,7 +366,7 @@ class BatchedModel(Model):
                             s.set_attributes({
                                 semconv.KZERO_QUEUE_WAIT_MS: round((started - work.submitted) * 1000, 3),
                                 semconv.KZERO_BATCH_SIZE: len(works), semconv.KZERO_BATCH_ID: batch_id})
-                outputs = await loop.run_in_executor(self._executor, engine.run_batch, [w.item for w in works])
+                outputs = await loop.run_in_executor(self._batch_executor, engine.run_batch, [w.item for w in works])
                 tokens = sum(getattr(out, "completion_tokens", 0) for out in outputs)
                 if tokens:
                     span.set_attribute(semconv.GEN_AI_OUTPUT_TOKENS, tokens)

@@ -172,9 +172,11 @@ def install_http(
     app.add_middleware(HttpServerSpans, tracer=tracer)
     # FastAPI's native tracing (0.13x+) would make a second SERVER span for the same request, and one
     # for every probe and scrape; KServe builds the app, so only its config dict can turn it off.
+    # Its native metrics would duplicate ours (kzero_request_duration_seconds goes to OTLP as well) and
+    # cost a meter-provider lookup per request.
     native = getattr(app, "_telemetry", None)
     if isinstance(native, dict):
-        native["tracing"] = False
+        native["tracing"] = native["metrics"] = False
 
     async def _gate(request: Request) -> Response | None:
         """Hold inference requests while the model loads; 503 + Retry-After past the deadline (404 if unloaded)."""
@@ -184,6 +186,17 @@ def install_http(
             await model.wait_ready()
         except (Unavailable, NotFound) as err:
             return error_response(err)
+        return None
+
+
+class KzeroRESTServer(RESTServer):
+    """KServe's REST server without its ``timing_asgi`` middleware: that logs each request's wall and CPU
+    time to ``kserve.trace`` at INFO, which kzero silences, and reading the CPU time cost about a sixth of
+    the event loop's samples under 64 embedding clients (py-spy, bench/embed_batching.py). Requests are
+    timed by ``kzero_request_duration_seconds`` and the server span instead. (KServe's other middleware
+    here, asgi-logger access logs, is only added for an ``access_log_format``, which kzero never sets.)"""
+
+    def _add_middlewares(self, app: FastAPI) -> None:
         return None
 
 
@@ -242,7 +255,7 @@ class KzeroServer(ModelServer):
                 describe(self._api_keys, self._enable_model_repository))
         self.register_model(self.model)  # type: ignore[arg-type]
         self.servers.append(self.model.load_in_background())
-        self._rest_server = RESTServer(
+        self._rest_server = KzeroRESTServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
             self.model_repository_extension,

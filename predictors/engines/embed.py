@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import threading
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,14 @@ if TYPE_CHECKING:
 class EmbedEngine:
     def __init__(self, model: SentenceTransformer) -> None:
         self._model = model
+        # The model's tokenizer is mutable state (truncation set per call): batches computed at once
+        # tokenize one at a time and run their forward passes side by side.
+        self._tokenizing = threading.Lock()
+        cpu = model.device.type == "cpu"
+        # On a CPU, two batches side by side with half the threads each beat one batch on all threads
+        # (bench/embed_batching.py: the intra-op threads of one forward wait for each other, and for the
+        # event loop, on every small operation); a GPU runs one batch at a time.
+        self.parallel_batches = 2 if cpu and (os.cpu_count() or 1) >= 2 else 1
         # Request validation counts tokens on other threads while the model thread encodes. The model
         # sets its tokenizer's truncation before each encode (mutable state; concurrent use fails with
         # "Already borrowed"), so counting uses a copy that is never truncated.
@@ -50,11 +60,24 @@ class EmbedEngine:
     def batch_key(self, item: str) -> Hashable:
         return None
 
+    def use_threads(self, batches: int) -> None:
+        """Share the CPU's threads among ``batches`` computed at once."""
+        if batches > 1 and self._model.device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // batches))
+
     def run_batch(self, items: Sequence[str]) -> list[np.ndarray]:
-        vectors = self._model.encode(
-            list(items), batch_size=len(items), convert_to_numpy=True, show_progress_bar=False
-        )
-        return list(vectors.astype(np.float32, copy=False))
+        """``SentenceTransformer.encode`` of one batch, split so that only tokenizing is serialized."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        with self._tokenizing:
+            features = self._model.tokenize(list(items))
+        features = batch_to_device(features, self._model.device)
+        with torch.inference_mode():
+            vectors = self._model(features)["sentence_embedding"]
+        return list(vectors.float().cpu().numpy())
 
     def warmup(self) -> None:
         self.run_batch(["warm-up"])

@@ -17,6 +17,7 @@ from serving.v2_wire import tensor, v2_response
 from serving.validation import check_count, utf8_size, v1_instances, v2_texts
 
 _SPECIAL_TOKENS = 4  # room for [CLS]/[SEP]-style tokens a tokenizer adds
+INLINE_TEXTS = 64  # a v1 request of at most this many short texts is checked on the event loop
 
 
 class EmbedTask:
@@ -42,6 +43,14 @@ class EmbedTask:
             if count > limit:
                 raise InvalidInput(f"{field}[{i}]", f"{count} tokens exceed the model's limit of {limit}")
         return list(texts)
+
+    def cheap_v1(self, body: Mapping[str, Any]) -> bool:
+        instances = body.get("instances")
+        if not isinstance(instances, list) or len(instances) > INLINE_TEXTS:
+            return False
+        # Four UTF-8 bytes per character at most: a text this short is never tokenized by check_texts.
+        chars = (min(self.engine.max_tokens, self._limits.max_input_tokens) - _SPECIAL_TOKENS) // 4
+        return all(isinstance(text, str) and len(text) <= chars for text in instances)
 
     def from_v1(self, body: Mapping[str, Any]) -> list[str]:
         instances = v1_instances(body, self._limits.max_instances)

@@ -167,6 +167,9 @@ class GenerateTask:
                                           f"(--kv_cache_memory_gb) holds {budget}")
         return request
 
+    def cheap_v1(self, body: Mapping[str, Any]) -> bool:
+        return False  # every prompt is tokenized to check its length
+
     def from_v1(self, body: Mapping[str, Any]) -> list[GenerationRequest]:
         instances = v1_instances(body, self._limits.max_instances)
         raw = body.get("parameters")

@@ -222,6 +222,34 @@ async def test_observer_sees_batch_size_and_queue_waits() -> None:
     assert seen[0][1] == pytest.approx([0.010, 0.006])
 
 
+async def test_concurrent_batches_run_side_by_side_up_to_the_limit() -> None:
+    clock, handler = FakeClock(), RecordingHandler()
+    batcher = make(handler, clock, max_batch_size=2, max_concurrent_batches=2)
+    handler.gate.clear()
+    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+    await settle()
+    # Two full batches are computing at once; the third waits for one of them, not for the deadline.
+    assert handler.batches == [[0, 1], [2, 3]]
+    assert batcher.queue_depth == 2
+    handler.gate.set()
+    assert await asyncio.gather(*calls) == [0, 2, 4, 6, 8, 10]
+    assert handler.batches == [[0, 1], [2, 3], [4, 5]]
+    assert clock.t == 0.0
+
+
+async def test_close_fails_items_of_every_batch_computing() -> None:
+    clock, handler = FakeClock(), RecordingHandler()
+    batcher = make(handler, clock, max_batch_size=1, max_concurrent_batches=3)
+    handler.gate.clear()
+    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
+    await settle()
+    assert handler.batches == [[0], [1], [2]] and batcher.queue_depth == 1
+    await batcher.close()
+    for call in calls:
+        with pytest.raises(BatcherClosed):
+            await call
+
+
 async def test_close_fails_waiting_and_new_items() -> None:
     clock, handler = FakeClock(), RecordingHandler()
     batcher = make(handler, clock)
@@ -236,7 +264,7 @@ async def test_close_fails_waiting_and_new_items() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_batch_size", 0), ("max_batch_latency_ms", -1), ("max_queue", 0)],
+    [("max_batch_size", 0), ("max_batch_latency_ms", -1), ("max_queue", 0), ("max_concurrent_batches", 0)],
 )
 def test_config_rejects_bad_values_naming_them(field: str, value: float) -> None:
     with pytest.raises(ValidationError) as err:
