@@ -62,6 +62,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from eventing.jobs import send_events
 from eventing.topics import ensure_topics
+from eventing.worker import PRODUCER_BATCH_BYTES
 from events.event import Event, request_event
 from serving.launch import free_port
 
@@ -266,14 +267,15 @@ def measure_once(label: str, bootstrap: str, count: int, start: Callable[[Topics
 
 
 def worker_child(bootstrap: str, predictor_url: str, flags: list[str], label: str,
-                 env: Mapping[str, str] | None = None) -> Callable[[Topics], Child]:
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Callable[[Topics], Child]:
     def start(topics: Topics) -> Child:
         command = [sys.executable, "-m", "eventing", "worker", "--bootstrap-servers", bootstrap,
                    "--input-topic", topics.requests, "--output-topic", topics.results, "--dlq-topic", topics.dlq,
                    "--group", topics.group, "--predictor-url", predictor_url, "--model", MODEL_NAME, *flags]
         log_path = LOGS / f"eventing-{label}.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                       cwd=cwd)
 
         def stop() -> None:
             if process.poll() is None:
@@ -301,7 +303,8 @@ def relay(bootstrap: str, topics: Topics, value_size: int) -> None:
                              auto_offset_reset="earliest", isolation_level="read_committed")
     consumer.topics()  # metadata first, so the group's assignment cannot miss the topic (see worker_child)
     consumer.subscribe([topics.requests])
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                             batch_size=PRODUCER_BATCH_BYTES)  # the worker's producer settings
     value = b"0" * value_size
     while True:
         polled = consumer.poll(timeout_ms=100)
@@ -353,6 +356,19 @@ def pipeline(bootstrap: str, broker_pid: int | None, count: int) -> tuple[dict[s
                            "events_per_call": events / calls if calls else float("nan"),
                            "mean_forward_batch": mean_batch(before, after)}
     return runs, ready_s
+
+
+def baseline_pipeline(bootstrap: str, broker_pid: int | None, count: int, tree: Path) -> dict[str, Any]:
+    """(p) with the predictor and the worker from another source tree (``--baseline``)."""
+    label = "at-least-once (baseline tree)"
+    with predictor(PREDICTOR_ARGS, "eventing-predictor-baseline", cwd=tree) as (proc, _):
+        assert proc.process is not None
+        before = scrape_metrics(proc.url)
+        run = measure(label, bootstrap, count,
+                      worker_child(bootstrap, proc.url, ["--max-batch", "64"], "at-least-once-baseline", cwd=tree),
+                      {"predictor": proc.process.pid, "broker": broker_pid}, timeout_s=300 + count / 10)
+        after = scrape_metrics(proc.url)
+    return {**run, "worker_flags": ["--max-batch", "64"], "mean_forward_batch": mean_batch(before, after)}
 
 
 def wait_assigned(label: str, child: Child, timeout_s: float = 120) -> None:
@@ -482,7 +498,8 @@ def batch_comparison(bootstrap: str, broker_pid: int | None, lines: int) -> tupl
 
 
 def main() -> None:
-    args = parse_args(__doc__, load=False, switches=[("--batch-only", "only the batch API against plain job part")])
+    args = parse_args(__doc__, load=False, switches=[("--batch-only", "only the batch API against plain job part")],
+                      paths=[("--baseline", "also run the at-least-once pipeline from this source tree")])
     count = QUICK_EVENTS if args.quick else EVENTS
     lines = QUICK_BATCH_LINES if args.quick else BATCH_LINES
     load_at_start = os.getloadavg()[0]
@@ -502,6 +519,8 @@ def main() -> None:
     with kafka_broker() as (bootstrap, broker_pid):
         batch, batch_table = batch_comparison(bootstrap, broker_pid, lines)
         runs, ready_s = pipeline(bootstrap, broker_pid, count)
+        if args.baseline:
+            runs["baseline"] = baseline_pipeline(bootstrap, broker_pid, count, args.baseline)
         value_size = round(runs["at-least-once"]["mean_result_bytes"])
         runs["transport"] = measure("transport", bootstrap, count, relay_child(bootstrap, value_size),
                                     {"broker": broker_pid}, timeout_s=300 + count / 10)
@@ -514,6 +533,8 @@ def main() -> None:
     ratios = {"pipeline_over_limit": alo["steady_per_s"] / limit,
               "pipeline_over_max_batch_1": alo["steady_per_s"] / single["steady_per_s"],
               "exactly_once_over_at_least_once": eos["steady_per_s"] / alo["steady_per_s"]}
+    if "baseline" in runs:
+        ratios["baseline_over_limit"] = runs["baseline"]["steady_per_s"] / limit
 
     def cpu_cell(r: dict[str, Any]) -> str:
         c = r["cores"]
@@ -524,8 +545,8 @@ def main() -> None:
          "mean forward batch", "cores: predictor / consumer / broker / reader / other"],
         [[r["config"], r["events"], r["end_to_end_per_s"], r["steady_per_s"], r["first_result_s"],
           r.get("events_per_call"), r.get("mean_forward_batch"), cpu_cell(r)] for r in runs.values()]
-        + [[f"compute (raw model, batch {compute['batch_size']})", None, None, compute["texts_per_s"], None, None,
-            compute["batch_size"], f"other {compute['other_cores']:.2f}"]],
+        + [[f"compute (raw model, batch {compute['batch_size']}, {compute['side_by_side']} at a time)", None, None,
+            compute["texts_per_s"], None, None, compute["batch_size"], f"other {compute['other_cores']:.2f}"]],
     )
     ratio_table = table(
         ["ratio (steady rates)", "value", "target"],
@@ -533,17 +554,20 @@ def main() -> None:
           check(ratios["pipeline_over_limit"], TARGETS["pipeline_over_limit"])],
          ["pipeline / max-batch 1", f"{ratios['pipeline_over_max_batch_1']:.2f}x",
           check(ratios["pipeline_over_max_batch_1"], TARGETS["pipeline_over_max_batch_1"])],
-         ["exactly-once / at-least-once", f"{ratios['exactly_once_over_at_least_once']:.2f}x", "(none)"]],
+         ["exactly-once / at-least-once", f"{ratios['exactly_once_over_at_least_once']:.2f}x", "(none)"]]
+        + ([["baseline tree's pipeline / min(transport, compute)", f"{ratios['baseline_over_limit']:.2f}x",
+             check(ratios["baseline_over_limit"], TARGETS["pipeline_over_limit"])]] if "baseline" in runs else []),
     )
     notes = (f"{count} events per config ({single['events']} for max-batch-1); {PARTITIONS} partitions, {KEYS} keys; "
              f"predictor ready in {ready_s:.1f}s; transport records carry {value_size} bytes (a real result's mean); "
-             f"compute limit = best of batch sizes {list(COMPUTE_BATCH_SIZES)}; 1-minute load average at start "
+             f"compute limit = best of batch sizes {list(COMPUTE_BATCH_SIZES)}, one batch at a time or two side by "
+             f"side; 1-minute load average at start "
              f"{load_at_start:.2f} on {os.cpu_count()} cores"
              + ("" if broker_pid else "; external broker: its CPU counts as other"))
     notes += "".join(f"\n\n{r['config']}: {len(r['stalls'])} attempt(s) stalled and were repeated on fresh topics "
                      f"({r['stalls'][0]})" for r in runs.values() if r["stalls"])
-    notes += "\n\n" + noise_note({r["config"]: r["cores"]["other"] for r in runs.values()}
-                                 | {f"compute batch {r['batch_size']}": r["other_cores"] for r in raw}
+    raw_busy = {f"compute batch {r['batch_size']} x{r['side_by_side']}": r["other_cores"] for r in raw}
+    notes += "\n\n" + noise_note({r["config"]: r["cores"]["other"] for r in runs.values()} | raw_busy
                                  | {r["config"]: r["cores"]["other"] for r in (batch["job"], batch["batch_api"])})
     report("Eventing: an embedding job through Kafka", machine, [notes, main_table, ratio_table, batch_table],
            "eventing_throughput",

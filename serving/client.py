@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import orjson
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import SecretStr
@@ -162,6 +163,13 @@ def transport_failure(err: httpx.TransportError) -> TransientCallError:
     return TransientCallError(f"predictor unreachable: {err!r}", status="unreachable")
 
 
+def _json_body(body: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits from an event: the stdlib writes it
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def raise_for_status(
     status: int, headers: Mapping[str, str], text: str, where: str, api_key: SecretStr | None
 ) -> None:
@@ -196,12 +204,13 @@ class HttpClient:
             span, outgoing
         ):
             try:
-                response = await self._http.post(path, json=body, headers=outgoing)
+                response = await self._http.post(path, content=_json_body(body),
+                                                 headers={**outgoing, "content-type": "application/json"})
             except httpx.TransportError as err:
                 raise transport_failure(err) from err
             span.set_attribute(semconv.HTTP_STATUS, response.status_code)
             raise_for_status(response.status_code, response.headers, response.text, self._base_url, self._api_key)
-            return response.json()
+            return orjson.loads(response.content)  # the stdlib parser took an eighth of the worker's samples
 
     async def openai(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict:
         path = OPENAI_PREFIX + url
