@@ -360,7 +360,7 @@ def pipeline(bootstrap: str, broker_pid: int | None, count: int) -> tuple[dict[s
 
 def baseline_pipeline(bootstrap: str, broker_pid: int | None, count: int, tree: Path) -> dict[str, Any]:
     """(p) with the predictor and the worker from another source tree (``--baseline``)."""
-    label = "at-least-once (baseline tree)"
+    label = "at-least-once-baseline"
     with predictor(PREDICTOR_ARGS, "eventing-predictor-baseline", cwd=tree) as (proc, _):
         assert proc.process is not None
         before = scrape_metrics(proc.url)
