@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
+import functools
 import threading
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -23,11 +23,10 @@ class EmbedEngine:
         # The model's tokenizer is mutable state (truncation set per call): batches computed at once
         # tokenize one at a time and run their forward passes side by side.
         self._tokenizing = threading.Lock()
-        cpu = model.device.type == "cpu"
         # On a CPU, two batches side by side with half the threads each beat one batch on all threads
         # (bench/embed_batching.py: the intra-op threads of one forward wait for each other, and for the
         # event loop, on every small operation); a GPU runs one batch at a time.
-        self.parallel_batches = 2 if cpu and (os.cpu_count() or 1) >= 2 else 1
+        self.parallel_batches = 2 if model.device.type == "cpu" and _threads() >= 2 else 1
         # Request validation counts tokens on other threads while the model thread encodes. The model
         # sets its tokenizer's truncation before each encode (mutable state; concurrent use fails with
         # "Already borrowed"), so counting uses a copy that is never truncated.
@@ -65,7 +64,7 @@ class EmbedEngine:
         if batches > 1 and self._model.device.type == "cpu":
             import torch
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // batches))
+            torch.set_num_threads(max(1, _threads() // batches))
 
     def run_batch(self, items: Sequence[str]) -> list[np.ndarray]:
         """``SentenceTransformer.encode`` of one batch, split so that only tokenizing is serialized."""
@@ -81,3 +80,11 @@ class EmbedEngine:
 
     def warmup(self) -> None:
         self.run_batch(["warm-up"])
+
+
+@functools.cache  # before ``use_threads`` lowered them: a reloaded model shares the same threads again
+def _threads() -> int:
+    """torch's intra-op threads: the cores, or OMP_NUM_THREADS where a deployment sets it to its CPU limit."""
+    import torch
+
+    return int(torch.get_num_threads())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from predictors.device import resolve_placement
 from predictors.engines.embed import EmbedEngine
@@ -85,6 +87,17 @@ def test_batched_embeddings_equal_unbatched(embedder: EmbedEngine) -> None:
         np.testing.assert_allclose(vector, embedder.run_batch([text])[0], atol=1e-5)
     assert batched[0].dtype == np.float32 and batched[0].shape == (embedder.dimension,)
     assert np.linalg.norm(batched[1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_batches_computed_side_by_side_equal_sentence_transformers_encode(embedder: EmbedEngine) -> None:
+    batches = [[f"text {i} of batch {b} " * (1 + i % 5) for i in range(16)] for b in range(8)]
+    with ThreadPoolExecutor(4) as pool:  # as the server's batch threads call it
+        side_by_side = list(pool.map(embedder.run_batch, batches))
+    model = embedder._model
+    for texts, vectors in zip(batches, side_by_side, strict=True):
+        expected = model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
+        np.testing.assert_allclose(np.stack(vectors), expected, atol=1e-5)
+    assert embedder.parallel_batches == 2 or torch.get_num_threads() < 2
 
 
 def test_token_counts_are_per_text(embedder: EmbedEngine) -> None:
