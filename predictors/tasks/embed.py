@@ -45,7 +45,7 @@ class EmbedTask:
         return list(texts)
 
     def cheap_v1(self, body: Mapping[str, Any]) -> bool:
-        instances = body.get("instances")
+        instances = body.get("instances") if isinstance(body, Mapping) else None  # a bad body: from_v1 says why
         if not isinstance(instances, list) or len(instances) > INLINE_TEXTS:
             return False
         # Four UTF-8 bytes per character at most: a text this short is never tokenized by check_texts.

@@ -130,3 +130,15 @@ def test_embed_rejects_parameters_and_non_strings(embed: EmbedTask) -> None:
         embed.from_v1({"instances": ["a"], "parameters": {"normalize": True}})
     with pytest.raises(InvalidInput, match=r"instances\[1\]: expected a string, got dict"):
         embed.from_v1({"instances": ["a", {"txt": "b"}]})
+
+
+def test_embed_checks_only_short_text_requests_on_the_event_loop(embed: EmbedTask, generate: GenerateTask) -> None:
+    limit = min(embed.engine.max_tokens, LIMITS.max_input_tokens)
+    short = "x" * ((limit - 4) // 4)  # four UTF-8 bytes per character at most: never tokenized
+    assert embed.cheap_v1({"instances": [short, short]})
+    assert not embed.cheap_v1({"instances": [short + "x"]})  # may need the tokenizer: off the loop
+    assert not embed.cheap_v1({"instances": [short] * 65})
+    assert not embed.cheap_v1({"instances": [{"text": short}]})
+    for bad in ([short], short, None, {"instances": short}):
+        assert not embed.cheap_v1(bad)  # type: ignore[arg-type]  # from_v1 names the problem, in a thread
+    assert not generate.cheap_v1({"instances": ["hi"]})
