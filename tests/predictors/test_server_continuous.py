@@ -69,8 +69,9 @@ async def test_v1_v2_and_openai_routes_with_request_extras(server: PredictorProc
 
     api = openai.AsyncOpenAI(base_url=f"{server.url}/openai/v1", api_key="none")
     stream = await api.chat.completions.create(
-        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True, temperature=0,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})  # sampled, a special token
+    # (<eos>, <pad>, <unk>: no text) could be drawn and the text be shorter than the tokens
     text, usage = "", None
     async for chunk in stream:
         if chunk.choices:
