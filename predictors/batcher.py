@@ -188,16 +188,10 @@ class Batcher(Generic[T, R]):
                 await self._arrival.wait()
                 continue
             batch = await self._collect()
-            if not batch:
-                continue
-            if self._config.concurrency == 1:  # the common case: no task per batch
-                self._running = {asyncio.current_task(): batch}  # type: ignore[dict-item]
-                await self._execute(batch)  # if cancelled, close() still finds the batch in _running
-                self._running = {}
-                continue
-            task = asyncio.get_running_loop().create_task(self._execute(batch), name="kzero-batch")
-            self._running[task] = batch
-            task.add_done_callback(self._finished)
+            if batch:
+                task = asyncio.get_running_loop().create_task(self._execute(batch), name="kzero-batch")
+                self._running[task] = batch
+                task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)

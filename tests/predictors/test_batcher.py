@@ -222,12 +222,18 @@ async def test_observer_sees_batch_size_and_queue_waits() -> None:
     assert seen[0][1] == pytest.approx([0.010, 0.006])
 
 
+async def held_at_the_gate(clock: FakeClock, handler: RecordingHandler, items: int, **config):
+    """A batcher given ``items`` submits while the handler holds every batch it started."""
+    batcher = make(handler, clock, **config)
+    handler.gate.clear()
+    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(items)]
+    await settle()
+    return batcher, calls
+
+
 async def test_concurrent_batches_run_side_by_side_up_to_the_limit() -> None:
     clock, handler = FakeClock(), RecordingHandler()
-    batcher = make(handler, clock, max_batch_size=2, max_concurrent_batches=2)
-    handler.gate.clear()
-    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
-    await settle()
+    batcher, calls = await held_at_the_gate(clock, handler, 6, max_batch_size=2, max_concurrent_batches=2)
     # Two full batches are computing at once; the third waits for one of them, not for the deadline.
     assert handler.batches == [[0, 1], [2, 3]]
     assert batcher.queue_depth == 2
@@ -239,10 +245,7 @@ async def test_concurrent_batches_run_side_by_side_up_to_the_limit() -> None:
 
 async def test_close_fails_items_of_every_batch_computing() -> None:
     clock, handler = FakeClock(), RecordingHandler()
-    batcher = make(handler, clock, max_batch_size=1, max_concurrent_batches=3)
-    handler.gate.clear()
-    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
-    await settle()
+    batcher, calls = await held_at_the_gate(clock, handler, 4, max_batch_size=1, max_concurrent_batches=3)
     assert handler.batches == [[0], [1], [2]] and batcher.queue_depth == 1
     await batcher.close()
     for call in calls:
