@@ -336,18 +336,22 @@ def relay_child(bootstrap: str, value_size: int) -> Callable[[Topics], Child]:
     return start
 
 
-def pipeline(bootstrap: str, broker_pid: int | None, count: int) -> tuple[dict[str, dict[str, Any]], float]:
-    """(p), (pe) and (c) against one predictor; its seconds to ready."""
+def pipeline(bootstrap: str, broker_pid: int | None, count: int, tree: Path | None = None,
+             ) -> tuple[dict[str, dict[str, Any]], float]:
+    """(p), (pe) and (c) against one predictor; its seconds to ready. With ``tree`` (``--baseline``): only
+    (p), its predictor and worker from that source tree."""
     configs = {"at-least-once": (count, ["--max-batch", "64"]),
                "exactly-once": (count, ["--max-batch", "64", "--exactly-once"]),
                "max-batch-1": (count // MAX_BATCH_1_SHARE, ["--max-batch", "1"])}
+    if tree is not None:
+        configs = {"at-least-once-baseline": configs["at-least-once"]}
     runs = {}
-    with predictor(PREDICTOR_ARGS, "eventing-predictor") as (proc, ready_s):
+    with predictor(PREDICTOR_ARGS, "eventing-predictor" + ("-baseline" if tree else ""), cwd=tree) as (proc, ready_s):
         assert proc.process is not None
         pids = {"predictor": proc.process.pid, "broker": broker_pid}
         for label, (events, flags) in configs.items():
             before = scrape_metrics(proc.url)
-            run = measure(label, bootstrap, events, worker_child(bootstrap, proc.url, flags, label), pids,
+            run = measure(label, bootstrap, events, worker_child(bootstrap, proc.url, flags, label, cwd=tree), pids,
                           timeout_s=300 + events / 10)
             after = scrape_metrics(proc.url)
             calls = sum(v - before.get(k, 0.0) for k, v in after.items()
@@ -356,19 +360,6 @@ def pipeline(bootstrap: str, broker_pid: int | None, count: int) -> tuple[dict[s
                            "events_per_call": events / calls if calls else float("nan"),
                            "mean_forward_batch": mean_batch(before, after)}
     return runs, ready_s
-
-
-def baseline_pipeline(bootstrap: str, broker_pid: int | None, count: int, tree: Path) -> dict[str, Any]:
-    """(p) with the predictor and the worker from another source tree (``--baseline``)."""
-    label = "at-least-once-baseline"
-    with predictor(PREDICTOR_ARGS, "eventing-predictor-baseline", cwd=tree) as (proc, _):
-        assert proc.process is not None
-        before = scrape_metrics(proc.url)
-        run = measure(label, bootstrap, count,
-                      worker_child(bootstrap, proc.url, ["--max-batch", "64"], "at-least-once-baseline", cwd=tree),
-                      {"predictor": proc.process.pid, "broker": broker_pid}, timeout_s=300 + count / 10)
-        after = scrape_metrics(proc.url)
-    return {**run, "worker_flags": ["--max-batch", "64"], "mean_forward_batch": mean_batch(before, after)}
 
 
 def wait_assigned(label: str, child: Child, timeout_s: float = 120) -> None:
@@ -520,7 +511,7 @@ def main() -> None:
         batch, batch_table = batch_comparison(bootstrap, broker_pid, lines)
         runs, ready_s = pipeline(bootstrap, broker_pid, count)
         if args.baseline:
-            runs["baseline"] = baseline_pipeline(bootstrap, broker_pid, count, args.baseline)
+            runs["baseline"] = pipeline(bootstrap, broker_pid, count, args.baseline)[0]["at-least-once-baseline"]
         value_size = round(runs["at-least-once"]["mean_result_bytes"])
         runs["transport"] = measure("transport", bootstrap, count, relay_child(bootstrap, value_size),
                                     {"broker": broker_pid}, timeout_s=300 + count / 10)
