@@ -131,10 +131,12 @@ class PartitionTransactions:
         self._waiting[partition] = self._clock() + REOPEN_DELAY_S
 
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        for partition in partitions:
-            self._close(partition)
+        partitions = list(partitions)
+        for partition in partitions:  # first, so that no failure below leaves a revoked partition open
             self._leases.pop(partition, None)
             self._waiting.pop(partition, None)
+        for partition in partitions:
+            self._close(partition)
 
     def close(self) -> None:
         self.revoked(list(self._producers))
@@ -147,10 +149,10 @@ class PartitionTransactions:
             producer.close(timeout=_CLOSE_TIMEOUT_S)
         except KafkaError as err:  # batches still being retried: they fail by delivery.timeout.ms
             log.warning("partition %s: producer not closed (%s: %s)", _name(partition), type(err).__name__, err)
-        except AttributeError as err:
-            # kafka-python 2.3: a fenced producer's client may already have closed its wake-up socket,
-            # and close() then fails waking it ('NoneType' has no 'sendall'); the producer is done either way.
-            log.warning("partition %s: producer already shut (%s)", _name(partition), err)
+        except Exception:  # the producer is dropped either way; its id's next opening fences it
+            # Seen: kafka-python 2.3's fenced producer whose client already closed its wake-up socket fails
+            # waking it (AttributeError: 'NoneType' has no 'sendall').
+            log.warning("partition %s: producer not closed cleanly", _name(partition), exc_info=True)
 
 
 def _name(partition: TopicPartition) -> str:

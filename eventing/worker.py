@@ -420,7 +420,8 @@ class Worker:
         assert self._transactions is not None
         dropped = aborted + self._release({partition}, "transaction aborted")
         self._transactions.lost(partition)
-        self._consumer.pause(partition)
+        if partition in self._consumer.assignment():  # pausing an unassigned partition is a KeyError
+            self._consumer.pause(partition)
         log.warning("partition %s: transaction failed (%s: %s); dropped %d unanswered records, opening it again "
                     "from its committed offset unless the group has moved it", _name(partition),
                     type(err).__name__, err, dropped)

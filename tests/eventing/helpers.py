@@ -84,7 +84,13 @@ class WorkerProcess:
     def terminate(self, timeout: float = 60) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        if code != 0:  # pytest shows this with the failure: the worker's own account of why
+            print(f"worker exited {code}; the end of {self.log_path}:\n{self.log_tail()}")
+        return code
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

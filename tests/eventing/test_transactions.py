@@ -138,6 +138,23 @@ def test_a_revoked_partition_is_not_reopened(calls: list[tuple[Any, ...]]) -> No
     assert transactions.open_due(reader(calls, {P0: 3})) == {} and transactions.waiting() == set()
 
 
+@pytest.mark.parametrize("error", [AttributeError("'NoneType' object has no attribute 'sendall'"),
+                                   KafkaTimeoutError("sender thread still busy"), RuntimeError("anything")])
+def test_a_producer_failing_to_close_still_leaves_every_revoked_partition_closed(
+        calls: list[tuple[Any, ...]], error: Exception) -> None:
+    transactions, made = pool(calls, Clock())
+    transactions.assigned([P0, P1])
+    transactions.open_due(reader(calls, {P0: 0, P1: 0}))
+
+    def fail(timeout: float | None = None) -> None:
+        raise error
+
+    made[0].close = fail  # type: ignore[method-assign]
+    transactions.revoked([P0, P1])  # does not raise: a revoke that stopped half-way would leave P1 leased
+    assert transactions.lease(P0) is None and transactions.lease(P1) is None and made[1].closed
+    assert transactions.waiting() == set()
+
+
 def test_a_commit_sends_records_and_the_partitions_offset_in_one_transaction(calls: list[tuple[Any, ...]]) -> None:
     transactions, _ = pool(calls, Clock())
     transactions.assigned([P1])
