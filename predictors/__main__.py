@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_instances", type=int, default=default_of(LimitsConfig, "max_instances"))
     p.add_argument("--max_input_tokens", type=int, default=default_of(LimitsConfig, "max_input_tokens"))
     p.add_argument("--max_new_tokens", type=int, default=default_of(LimitsConfig, "max_new_tokens"))
+    p.add_argument("--embed_graph", type=lambda v: v.lower() in ("1", "true", "yes"), default=default("embed_graph"),
+                   help="embed on a CPU: run the encoder as a traced graph, checked against the eager model when "
+                        "it loads (false: eager)")
     p.add_argument("--engine", choices=get_args(EngineKind),
                    help=f"generation engine: continuous batching (token-level) or static batches (default "
                         f"{default_of(EngineConfig, 'engine')}; static when --lora is given)")
@@ -116,6 +119,7 @@ def config_from_args(argv: Sequence[str], env: dict[str, str]):  # -> PredictorC
             max_batch_tokens=args.max_batch_tokens,
             kv_page_size=args.kv_page_size,
         ),
+        embed_graph=args.embed_graph,
         request_limits=limits_from_args(args),
         load_wait_s=args.load_wait_s,
         http_port=args.http_port,

@@ -68,6 +68,8 @@ class PredictorConfig(BaseModel):
     batcher: BatcherConfig = BatcherConfig()
     limits: LimitsConfig = LimitsConfig()
     generation: EngineConfig = EngineConfig()
+    # embed on a CPU: the encoder as a traced TorchScript graph, checked against the eager model at load
+    embed_graph: bool = True
     request_limits: RequestLimits = RequestLimits()
     load_wait_s: float = Field(default=30.0, ge=0.0, description="how long a request waits for a loading model")
     retry_after_s: int = Field(default=5, ge=1)

@@ -44,7 +44,8 @@ def load_task(config: PredictorConfig) -> tuple[TaskAdapter[Any, Any], LoadRepor
         report.path, report.from_cache = ensure_safetensors(model_dir, gguf_file, config.cache_dir)
         report.phases["convert" if not report.from_cache else "cache_lookup"] = time.perf_counter() - started
     mark = time.perf_counter()
-    task = task_loaders(config.generation)[config.task](report.path, placement, config.limits)
+    load_task = task_loaders(config.generation, embed_graph=config.embed_graph)[config.task]
+    task = load_task(report.path, placement, config.limits)
     report.phases["load"] = time.perf_counter() - mark
     if config.lora:  # the config allows adapters only with the static generate engine
         mark = time.perf_counter()

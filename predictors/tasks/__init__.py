@@ -42,11 +42,14 @@ class TaskAdapter(Protocol[In, Out]):
 TaskLoader = Callable[[Any, Placement, LimitsConfig], TaskAdapter[Any, Any]]
 
 
-def task_loaders(generation: EngineConfig | None = None) -> dict[str, TaskLoader]:
+def task_loaders(generation: EngineConfig | None = None, *, embed_graph: bool = True) -> dict[str, TaskLoader]:
     from predictors.tasks.embed import EmbedTask
     from predictors.tasks.generate import GenerateTask
+
+    def embed(path: Any, placement: Placement, limits: LimitsConfig) -> TaskAdapter[Any, Any]:
+        return EmbedTask.load(path, placement, limits, graph=embed_graph)
 
     def generate(path: Any, placement: Placement, limits: LimitsConfig) -> TaskAdapter[Any, Any]:
         return GenerateTask.load(path, placement, limits, generation)
 
-    return {"embed": EmbedTask.load, "generate": generate}
+    return {"embed": embed, "generate": generate}

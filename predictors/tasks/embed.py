@@ -26,8 +26,8 @@ class EmbedTask:
         self._limits = limits
 
     @classmethod
-    def load(cls, path: Path, placement: Placement, limits: LimitsConfig) -> EmbedTask:
-        return cls(EmbedEngine.load(path, placement), limits)
+    def load(cls, path: Path, placement: Placement, limits: LimitsConfig, *, graph: bool = True) -> EmbedTask:
+        return cls(EmbedEngine.load(path, placement, graph=graph), limits)
 
     def check_texts(self, texts: Sequence[Any], field: str) -> list[str]:
         """The texts, checked; this tokenizes long ones, so servers call it off the event loop."""

@@ -100,6 +100,44 @@ def test_batches_computed_side_by_side_equal_sentence_transformers_encode(embedd
     assert embedder.parallel_batches == 2 or torch.get_num_threads() < 2
 
 
+def test_the_encoder_runs_as_a_traced_graph_equal_to_the_eager_model(
+        embedder: EmbedEngine, tmp_path_factory: pytest.TempPathFactory) -> None:
+    assert embedder.graph, "the tests above compared the traced graph, not the eager model"
+    eager = EmbedEngine(embedder._model, graph=False)
+    assert not eager.graph
+    for texts in (["x"], ["short", "a somewhat longer sentence about kafka " * 3], ["long " * 200] * 3):
+        np.testing.assert_allclose(np.stack(embedder.run_batch(texts)), np.stack(eager.run_batch(texts)), atol=1e-5)
+
+
+def test_a_graph_that_cannot_be_traced_or_differs_leaves_the_eager_model(
+        embedder: EmbedEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    model = embedder._model
+    expected = np.stack(EmbedEngine(model, graph=False).run_batch(["a text", "another"]))
+
+    def no_trace(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tracer says no")
+
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    refused = EmbedEngine(model)
+    assert not refused.graph and "could not be traced (RuntimeError: tracer says no)" in caplog.text
+    np.testing.assert_allclose(np.stack(refused.run_batch(["a text", "another"])), expected, atol=1e-6)
+    monkeypatch.undo()
+
+    freeze = torch.jit.freeze
+    monkeypatch.setattr(torch.jit, "freeze", lambda traced: (lambda *inputs: freeze(traced)(*inputs) + 0.5))
+    wrong = EmbedEngine(model)
+    assert not wrong.graph and "differs from the eager model" in caplog.text
+    np.testing.assert_allclose(np.stack(wrong.run_batch(["a text", "another"])), expected, atol=1e-6)
+
+
+def test_the_graph_can_be_turned_off_from_the_command_line() -> None:
+    from predictors.__main__ import config_from_args
+
+    base = ["--task", "embed", "--model_id", "all-minilm-l6-v2"]
+    assert config_from_args(base, {}).embed_graph
+    assert not config_from_args([*base, "--embed_graph", "false"], {}).embed_graph
+
+
 def test_token_counts_are_per_text(embedder: EmbedEngine) -> None:
     assert embedder.count_tokens(["abc", "hello world", ""]) == [3, 11, 0]
 
