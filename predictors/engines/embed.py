@@ -85,7 +85,7 @@ class EmbedEngine:
         from sentence_transformers.util import batch_to_device
 
         with self._tokenizing:
-            features = self._model.tokenize(list(items))
+            features = self._model.preprocess(list(items))
         features = batch_to_device(features, self._model.device)
         with torch.inference_mode():
             vectors = _encode(self._model, self._graph, features)
@@ -131,22 +131,22 @@ def trace_encoder(model: SentenceTransformer) -> Any:
     kept: tracing records one path through the model's Python, so anything else runs eagerly.
     """
     import torch
-    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Transformer
 
     first = model[0] if len(model) else None
     if not isinstance(first, Transformer) or getattr(first, "module_output_name", None) != "token_embeddings":
         return None
-    names = [name for name in _GRAPH_INPUTS if name in model.tokenize(["x"])]
+    names = [name for name in _GRAPH_INPUTS if name in model.preprocess(["x"])]
     if names[:2] != ["input_ids", "attention_mask"]:
         return None
     encoder = _last_hidden_state_module()(first.auto_model, names).eval()
-    example = model.tokenize(list(_CHECK_TEXTS[0]))  # padded: the graph keeps the attention mask
+    example = model.preprocess(list(_CHECK_TEXTS[0]))  # padded: the graph keeps the attention mask
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # torch's notes on tracing and its deprecation; checked below
             graph = torch.jit.freeze(torch.jit.trace(encoder, tuple(example[n] for n in names), check_trace=False))
             for texts in _CHECK_TEXTS:
-                features = model.tokenize(list(texts))
+                features = model.preprocess(list(texts))
                 eager = model(dict(features))["sentence_embedding"]
                 traced = _encode(model, graph, dict(features))
                 if not torch.allclose(eager, traced, atol=_CHECK_TOLERANCE):
