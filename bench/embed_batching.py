@@ -11,6 +11,7 @@ before a change), each right after the same config from this tree, so before and
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -58,7 +59,7 @@ def probe(url: str) -> int:
 def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
     """texts/s of ``EmbedEngine.run_batch`` in this process, per batch size: one batch at a time on all
     threads, and (on a CPU with 2+ cores) the server's layout too, two batches side by side on half the
-    threads each. The limit is the best row of either."""
+    threads each; where the engine runs a traced encoder, the eager engine too. The limit is the best row."""
     import threading
 
     import torch
@@ -70,19 +71,22 @@ def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
 
     hf_logging.disable_progress_bar()
     placement = resolve_placement("auto", "auto")
-    engine = EmbedEngine.load(resolve_packaged(MODEL_ID).location()[0], placement)
-    engine.warmup()
+    path = resolve_packaged(MODEL_ID).location()[0]
+    engine = EmbedEngine.load(path, placement)
+    engines = [engine, EmbedEngine.load(path, placement, graph=False)] if engine.graph else [engine]
     threads = torch.get_num_threads()
     layouts = [1, 2] if engine.parallel_batches > 1 else [1]
     rows = []
-    for side_by_side in layouts:
+    for engine, side_by_side in itertools.product(engines, layouts):
+        engine.warmup()
         torch.set_num_threads(max(1, threads // side_by_side))
         for size in RAW_BATCH_SIZES:
             engine.run_batch([TEXT.format(i=i) for i in range(size)])  # warm this shape
             counts = [0] * side_by_side
             started, cpu = time.perf_counter(), cpu_now(None)
 
-            def loop(k: int, size: int = size, started: float = started, counts: list[int] = counts) -> None:
+            def loop(k: int, size: int = size, started: float = started, counts: list[int] = counts,
+                     engine: EmbedEngine = engine) -> None:
                 while time.perf_counter() - started < seconds_per_size or counts[k] < 3:
                     first = (counts[k] * len(counts) + k) * size
                     engine.run_batch([TEXT.format(i=first + i) for i in range(size)])
@@ -95,7 +99,8 @@ def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
                 w.join()
             elapsed = time.perf_counter() - started
             batches = sum(counts)
-            rows.append({"batch_size": size, "side_by_side": side_by_side, "torch_threads": torch.get_num_threads(),
+            rows.append({"encoder": "graph" if engine.graph else "eager", "batch_size": size,
+                         "side_by_side": side_by_side, "torch_threads": torch.get_num_threads(),
                          "batches": batches, "seconds": elapsed, "texts_per_s": batches * size / elapsed,
                          "ms_per_batch": elapsed / batches * side_by_side * 1e3,
                          "other_cores": cpu_usage(cpu, elapsed, None)["other_cores"]})
@@ -134,16 +139,16 @@ def main() -> None:
         ["config", "max_batch_size", *load_headers("texts")],
         [[r["config"], sizes[label], *load_row(r)] for label, r in runs.items()],
     )
-    raw_table = table(["raw batch size", "batches side by side", "torch threads each", "texts/s", "ms/batch",
-                       "other cores"],
-                      [[r["batch_size"], r["side_by_side"], r["torch_threads"], r["texts_per_s"], r["ms_per_batch"],
-                        r["other_cores"]] for r in raw])
+    raw_table = table(["encoder", "raw batch size", "batches side by side", "torch threads each", "texts/s",
+                       "ms/batch", "other cores"],
+                      [[r["encoder"], r["batch_size"], r["side_by_side"], r["torch_threads"], r["texts_per_s"],
+                        r["ms_per_batch"], r["other_cores"]] for r in raw])
     ratio_table = table(["ratio", "value", f"target ({kind})"], ratio_rows)
     notes = (f"{CLIENTS} clients, one text per request, {duration:g}s per server config; embedding dim "
              f"{runs['batched']['probe']}; raw limit = best of batch sizes {list(RAW_BATCH_SIZES)}, "
-             f"one batch at a time or side by side ({best_raw['texts_per_s']:,.0f} texts/s at "
-             f"{best_raw['batch_size']}, {best_raw['side_by_side']} at a time)")
-    raw_busy = {f"raw batch {r['batch_size']} x{r['side_by_side']}": r["other_cores"] for r in raw}
+             f"one batch at a time or side by side, traced or eager encoder ({best_raw['texts_per_s']:,.0f} "
+             f"texts/s at {best_raw['batch_size']}, {best_raw['side_by_side']} at a time, {best_raw['encoder']})")
+    raw_busy = {f"raw {r['encoder']} batch {r['batch_size']} x{r['side_by_side']}": r["other_cores"] for r in raw}
     notes += "\n\n" + load_notes(list(runs.values()), raw_busy)
     report("Embedding: adaptive batching", machine, [notes, server_table, raw_table, ratio_table], "embed_batching",
            {"clients": CLIENTS, "duration_s": duration, "servers": runs, "raw": raw, "raw_best": best_raw,

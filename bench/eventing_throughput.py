@@ -536,7 +536,8 @@ def main() -> None:
          "mean forward batch", "cores: predictor / consumer / broker / reader / other"],
         [[r["config"], r["events"], r["end_to_end_per_s"], r["steady_per_s"], r["first_result_s"],
           r.get("events_per_call"), r.get("mean_forward_batch"), cpu_cell(r)] for r in runs.values()]
-        + [[f"compute (raw model, batch {compute['batch_size']}, {compute['side_by_side']} at a time)", None, None,
+        + [[f"compute (raw model, batch {compute['batch_size']}, {compute['side_by_side']} at a time, "
+            f"{compute['encoder']} encoder)", None, None,
             compute["texts_per_s"], None, None, compute["batch_size"], f"other {compute['other_cores']:.2f}"]],
     )
     ratio_table = table(
@@ -552,12 +553,12 @@ def main() -> None:
     notes = (f"{count} events per config ({single['events']} for max-batch-1); {PARTITIONS} partitions, {KEYS} keys; "
              f"predictor ready in {ready_s:.1f}s; transport records carry {value_size} bytes (a real result's mean); "
              f"compute limit = best of batch sizes {list(COMPUTE_BATCH_SIZES)}, one batch at a time or two side by "
-             f"side; 1-minute load average at start "
+             f"side, traced or eager encoder; 1-minute load average at start "
              f"{load_at_start:.2f} on {os.cpu_count()} cores"
              + ("" if broker_pid else "; external broker: its CPU counts as other"))
     notes += "".join(f"\n\n{r['config']}: {len(r['stalls'])} attempt(s) stalled and were repeated on fresh topics "
                      f"({r['stalls'][0]})" for r in runs.values() if r["stalls"])
-    raw_busy = {f"compute batch {r['batch_size']} x{r['side_by_side']}": r["other_cores"] for r in raw}
+    raw_busy = {f"compute {r['encoder']} batch {r['batch_size']} x{r['side_by_side']}": r["other_cores"] for r in raw}
     notes += "\n\n" + noise_note({r["config"]: r["cores"]["other"] for r in runs.values()} | raw_busy
                                  | {r["config"]: r["cores"]["other"] for r in (batch["job"], batch["batch_api"])})
     report("Eventing: an embedding job through Kafka", machine, [notes, main_table, ratio_table, batch_table],
