@@ -141,9 +141,9 @@ def trace_encoder(model: SentenceTransformer) -> Any:
     if names[:2] != ["input_ids", "attention_mask"]:
         return None
     started = time.perf_counter()
-    encoder = _last_hidden_state_module()(first.auto_model, names).eval()
-    example = model.preprocess(list(_CHECK_TEXTS[0]))  # padded: the graph keeps the attention mask
     try:
+        encoder = _last_hidden_state_module()(first.auto_model, names).eval()
+        example = model.preprocess(list(_CHECK_TEXTS[0]))  # padded: the graph keeps the attention mask
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # torch's notes on tracing and its deprecation; checked below
             graph = torch.jit.freeze(torch.jit.trace(encoder, tuple(example[n] for n in names), check_trace=False))
