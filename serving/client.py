@@ -30,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import SecretStr
 
+from events.event import compact_json
 from observability import semconv
 from observability.propagation import extract, inject
 from serving import item_trace
@@ -163,13 +164,6 @@ def transport_failure(err: httpx.TransportError) -> TransientCallError:
     return TransientCallError(f"predictor unreachable: {err!r}", status="unreachable")
 
 
-def _json_body(body: Mapping[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits from an event: the stdlib writes it
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def raise_for_status(
     status: int, headers: Mapping[str, str], text: str, where: str, api_key: SecretStr | None
 ) -> None:
@@ -204,7 +198,7 @@ class HttpClient:
             span, outgoing
         ):
             try:
-                response = await self._http.post(path, content=_json_body(body),
+                response = await self._http.post(path, content=compact_json(body),
                                                  headers={**outgoing, "content-type": "application/json"})
             except httpx.TransportError as err:
                 raise transport_failure(err) from err
