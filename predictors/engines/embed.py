@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ class EmbedEngine:
         # On a CPU the encoder runs as one TorchScript graph where it traces and checks out: an eager forward
         # takes the GIL back after each of its ~150 operations, so a busy event loop stalls it at every one
         # (two forward passes side by side with a thread running Python: 43 texts/s eager, 299 traced).
-        self._graph = trace_encoder(model) if graph and model.device.type == "cpu" else None
+        self._traced = trace_encoder(model) if graph and model.device.type == "cpu" else None
         # The model's tokenizer is mutable state (truncation set per call): batches computed at once
         # tokenize one at a time and run their forward passes side by side.
         self._tokenizing = threading.Lock()
@@ -54,7 +54,7 @@ class EmbedEngine:
     @property
     def graph(self) -> bool:
         """Whether the encoder runs as a traced graph (else eagerly, module by module)."""
-        return self._graph is not None
+        return self._traced is not None
 
     @property
     def dimension(self) -> int:
@@ -89,7 +89,7 @@ class EmbedEngine:
             features = self._model.preprocess(list(items))
         features = batch_to_device(features, self._model.device)
         with torch.inference_mode():
-            vectors = _encode(self._model, self._graph, features)
+            vectors = _encode(self._model, self._traced, features)
         return list(vectors.float().cpu().numpy())
 
     def warmup(self) -> None:
@@ -104,8 +104,10 @@ def _threads() -> int:
     return int(torch.get_num_threads())
 
 
-# The encoder's inputs, in the traced graph's argument order, as the tokenizer names them.
+# The encoder's inputs the graph may take, in its argument order, as the tokenizer names them.
 _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+Encoder = Callable[[Mapping[str, Any]], Any]
+"""Tokenized features to the transformer's token embeddings."""
 # Texts the traced graph is checked on against the eager model before it is used: padded and unpadded
 # batches, one text, and one long enough to be truncated.
 _CHECK_TEXTS = (["graph check", "a longer text for the traced graph to pad the other one against"], ["one"],
@@ -113,18 +115,18 @@ _CHECK_TEXTS = (["graph check", "a longer text for the traced graph to pad the o
 _CHECK_TOLERANCE = 1e-4
 
 
-def _encode(model: SentenceTransformer, graph: Any, features: dict[str, Any]) -> Any:
+def _encode(model: SentenceTransformer, encoder: Encoder | None, features: dict[str, Any]) -> Any:
     """The sentence embeddings of tokenized ``features``: the traced encoder, then the model's own later
-    modules (pooling, normalizing), or the whole model eagerly when there is no graph."""
-    if graph is None:
+    modules (pooling, normalizing), or the whole model eagerly when there is no traced encoder."""
+    if encoder is None:
         return model(features)["sentence_embedding"]
-    features["token_embeddings"] = graph(*(features[name] for name in _GRAPH_INPUTS if name in features))
+    features["token_embeddings"] = encoder(features)
     for module in list(model)[1:]:
         features = module(features)
     return features["sentence_embedding"]
 
 
-def trace_encoder(model: SentenceTransformer) -> Any:
+def trace_encoder(model: SentenceTransformer) -> Encoder | None:
     """The model's transformer as a frozen TorchScript graph, or None where it cannot be used.
 
     Only a text model whose first module is sentence-transformers' ``Transformer`` over a Hugging Face
@@ -147,10 +149,14 @@ def trace_encoder(model: SentenceTransformer) -> Any:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # torch's notes on tracing and its deprecation; checked below
             graph = torch.jit.freeze(torch.jit.trace(encoder, tuple(example[n] for n in names), check_trace=False))
+
+            def traced_encoder(features: Mapping[str, Any]) -> Any:
+                return graph(*(features[name] for name in names))
+
             for texts in _CHECK_TEXTS:
                 features = model.preprocess(list(texts))
                 eager = model(dict(features))["sentence_embedding"]
-                traced = _encode(model, graph, dict(features))
+                traced = _encode(model, traced_encoder, dict(features))
                 if not torch.allclose(eager, traced, atol=_CHECK_TOLERANCE):
                     log.warning("the traced encoder differs from the eager model; running it eagerly")
                     return None
@@ -158,7 +164,7 @@ def trace_encoder(model: SentenceTransformer) -> Any:
         log.warning("the encoder could not be traced (%s: %s); running it eagerly", type(err).__name__, err)
         return None
     log.info("the encoder runs as a traced graph (traced and checked in %.2fs)", time.perf_counter() - started)
-    return graph
+    return traced_encoder
 
 
 def _last_hidden_state_module() -> type:
