@@ -73,10 +73,9 @@ class BatchedModel(Model):
         self._retry_after_s = retry_after_s
         self._tracer = tracer
         self._metrics = metrics
-        # One model thread for loading and adapters; forward passes run on it too unless the engine
-        # computes batches side by side (``_batch_executor``).
+        # One model thread for loading and adapters. Forward passes run on ``_batch_executor``: this same
+        # thread, or threads of their own for an engine that computes batches side by side.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kzero-{name}")
-        # Forward passes run here; an engine that computes batches side by side gets its own threads.
         self._batch_executor = self._executor
         self._gate = LoadGate(name, load_wait_s, retry_after_s)
         self._task: TaskAdapter[Any, Any] | None = None
