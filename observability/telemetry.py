@@ -6,8 +6,9 @@
 - ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` pick the sampler (default parent-based always-on);
 - ``OTEL_TRACES_EXPORTER``/``OTEL_METRICS_EXPORTER`` ``none`` turn one signal off.
 
-With no endpoint, spans are still made (so trace context flows on to the next hop and logs carry
-trace ids) but nothing is exported, and metrics go to a no-op meter. An unreachable collector
+With no endpoint, spans still have ids (so trace context flows on to the next hop, with the sampling
+decision, and logs carry trace ids) but are not recorded (``observability.unexported``), and metrics
+go to a no-op meter. An unreachable collector
 never blocks a request: spans leave through a bounded background queue (``BatchSpanProcessor``)
 that drops when full, and shutdown waits a bounded time.
 """
@@ -33,6 +34,8 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+
+from observability.unexported import UnexportedTracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +215,9 @@ def setup_telemetry(service_name: str, env: Mapping[str, str], *, set_global: bo
     resource = Resource.create(resource_attributes(env, service_name))
     # No atexit shutdown: it would wait out the exporter's retries on a down collector after our
     # bounded ``Telemetry.shutdown`` gave up (every main calls that one).
-    provider = TracerProvider(resource=resource, sampler=sampler(env), shutdown_on_exit=False)
     exporter = span_exporter(env)
+    kind = TracerProvider if exporter is not None else UnexportedTracerProvider
+    provider = kind(resource=resource, sampler=sampler(env), shutdown_on_exit=False)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     meter_provider = _meter_provider(env, resource)

@@ -15,7 +15,6 @@ probes and scrapes have none.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -25,6 +24,9 @@ _WATCHED = frozenset({"POST", "PUT", "PATCH"})
 
 
 class CancelOnDisconnect:
+    # The handler runs in the request's own task, and the watcher (started once the body is read) cancels
+    # that task: a second task per request for the handler, and ``asyncio.wait`` on it, were among the
+    # event loop's costs under 64 embedding clients (py-spy, bench/embed_batching.py).
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -32,19 +34,33 @@ class CancelOnDisconnect:
         if scope["type"] != "http" or scope["method"] not in _WATCHED:
             await self.app(scope, receive, send)
             return
-        body_read = asyncio.Event()
-        disconnect: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        complete = False
+        loop = asyncio.get_running_loop()
+        request = asyncio.current_task()
+        assert request is not None
+        disconnect: asyncio.Future[Message] = loop.create_future()
+        watcher: asyncio.Task[None] | None = None
+        complete = left = False
+
+        async def watch() -> None:
+            nonlocal left
+            message = await receive()  # blocks until the client leaves or the response is complete
+            if not disconnect.done():
+                disconnect.set_result(message)
+            if message["type"] == "http.disconnect" and not complete:
+                left = True
+                request.cancel()
 
         async def app_receive() -> Message:
-            if body_read.is_set():  # the watcher owns the connection now: it hands the disconnect on
+            nonlocal watcher
+            if watcher is not None:  # the watcher owns the connection now: it hands the disconnect on
                 return await asyncio.shield(disconnect)
             message = await receive()
             if message["type"] == "http.disconnect":
                 if not disconnect.done():
                     disconnect.set_result(message)
             elif not message.get("more_body", False):
-                body_read.set()
+                watcher = loop.create_task(watch())
+                watcher.add_done_callback(_retrieve)
             return message
 
         async def app_send(message: Message) -> None:
@@ -53,26 +69,22 @@ class CancelOnDisconnect:
                 complete = True
             await send(message)
 
-        handler = asyncio.ensure_future(self.app(scope, app_receive, app_send))
-
-        async def watch() -> None:
-            await body_read.wait()
-            message = await receive()  # blocks until the client leaves or the response is complete
-            if not disconnect.done():
-                disconnect.set_result(message)
-            if message["type"] == "http.disconnect" and not complete:
-                handler.cancel()
-
-        watcher = asyncio.ensure_future(watch())
         try:
-            await asyncio.wait({handler})
-        except asyncio.CancelledError:  # this request's own task (server shutdown): take the handler along
-            handler.cancel()
-            raise
+            await self.app(scope, app_receive, app_send)
+        except asyncio.CancelledError:
+            # The client left: there is nobody to answer. Cancelled from elsewhere as well (server
+            # shutdown), or only from elsewhere: that cancellation goes on to the layers outside.
+            if not left or request.uncancel() > 0:
+                raise
+        else:
+            if left:  # the handler swallowed the watcher's cancellation
+                request.uncancel()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # its receive failing ends the watch only
-                await watcher
-        if handler.cancelled():
-            return  # the client left: there is nobody to answer
-        handler.result()  # the handler's own exception, for the layers outside
+            if watcher is not None:
+                watcher.cancel()
+
+
+def _retrieve(watcher: asyncio.Task[None]) -> None:
+    """A watcher's own failure (its receive failing) ends the watch only: it is retrieved, not logged."""
+    if not watcher.cancelled():
+        watcher.exception()

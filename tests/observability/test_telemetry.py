@@ -6,6 +6,8 @@ import socket
 import time
 
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     DEFAULT_OFF,
@@ -13,6 +15,8 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBasedTraceIdRatio,
     TraceIdRatioBased,
 )
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from observability.telemetry import TelemetryConfigError, resource_attributes, sampler, setup_telemetry
 from tests.otlp_receiver import OtlpReceiver
@@ -134,3 +138,39 @@ def test_collector_down_never_blocks(protocol: str) -> None:
     started = time.perf_counter()
     telemetry.shutdown(timeout_s=1.0)
     assert time.perf_counter() - started < 1.5
+
+
+def _traceparent() -> str:
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier["traceparent"]
+
+
+def test_with_no_exporter_spans_carry_ids_and_the_sampling_decision_but_record_nothing() -> None:
+    telemetry = setup_telemetry("x", {}, set_global=False)
+    tracer = telemetry.tracer("t")
+    with tracer.start_as_current_span("parent") as parent, tracer.start_as_current_span("child") as child:
+        assert not parent.is_recording() and not child.is_recording()
+        p, c = parent.get_span_context(), child.get_span_context()
+        assert p.is_valid and c.is_valid and c.trace_id == p.trace_id and c.span_id != p.span_id
+        assert c.trace_flags.sampled  # parent-based always-on: downstream hops go on sampling
+        assert _traceparent() == f"00-{c.trace_id:032x}-{c.span_id:016x}-{c.trace_flags:02x}"
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    caller = set_span_in_context(NonRecordingSpan(remote))
+    with tracer.start_as_current_span("in a caller's trace", context=caller) as s:
+        assert s.get_span_context().trace_id == 0xABC and not s.get_span_context().trace_flags.sampled
+    off = setup_telemetry("x", {"OTEL_TRACES_SAMPLER": "always_off"}, set_global=False).tracer("t")
+    assert not off.start_span("dropped").get_span_context().trace_flags.sampled
+    telemetry.shutdown()
+
+
+def test_a_processor_added_later_makes_the_tracers_handed_out_record() -> None:
+    telemetry = setup_telemetry("x", {}, set_global=False)
+    tracer = telemetry.tracer("t")
+    spans = InMemorySpanExporter()
+    telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    with tracer.start_as_current_span("parent"), tracer.start_as_current_span("child", attributes={"k": "v"}):
+        pass
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    assert by_name["child"].parent.span_id == by_name["parent"].context.span_id
+    assert by_name["child"].attributes["k"] == "v"

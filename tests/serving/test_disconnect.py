@@ -82,3 +82,46 @@ async def test_a_get_is_passed_through_unwatched() -> None:
     conn = Connection()
     await CancelOnDisconnect(probe)({**SCOPE, "method": "GET"}, conn.receive, conn.send)
     assert seen == [conn.receive]
+
+
+async def test_a_cancellation_from_outside_still_reaches_the_caller() -> None:
+    """Server shutdown cancels the request's task: that is not the client leaving, so it propagates."""
+    started = asyncio.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        started.set()
+        await asyncio.sleep(60)
+
+    conn = Connection()
+    request = asyncio.ensure_future(CancelOnDisconnect(slow)(SCOPE, conn.receive, conn.send))
+    await started.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert request.cancelled()
+
+
+async def test_a_client_leaving_leaves_no_cancellation_pending_on_the_request() -> None:
+    """The watcher's cancellation is taken back once handled: the request's task goes on uncancelled."""
+    started = asyncio.Event()
+    after: list[int] = []
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        started.set()
+        await asyncio.sleep(60)
+
+    async def request(conn: Connection) -> None:
+        await CancelOnDisconnect(slow)(SCOPE, conn.receive, conn.send)
+        task = asyncio.current_task()
+        assert task is not None
+        after.append(task.cancelling())
+        await asyncio.sleep(0)  # a pending cancellation would be raised here
+
+    conn = Connection()
+    task = asyncio.ensure_future(request(conn))
+    await started.wait()
+    conn.left.set()
+    await asyncio.wait_for(task, 10)
+    assert after == [0]
