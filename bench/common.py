@@ -229,6 +229,15 @@ def cpu_usage(start: tuple[float, float, float], wall_s: float, pid: int | None)
             "other_cores": max(0.0, machine - server - client) / wall_s}
 
 
+def main_thread_cpu_s(pid: int | None) -> float | None:
+    """CPU-seconds of ``pid``'s main thread (a server's event loop) from Linux's schedstat; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def noise_note(other_cores: dict[str, float], limit: float = 0.25) -> str:
     """A warning naming the measurements during which other processes used more than ``limit`` cores."""
     busy = [f"{v:.2f} cores during {k}" for k, v in other_cores.items() if v > limit]
@@ -251,12 +260,15 @@ def mean_batch(before: dict[str, float], after: dict[str, float]) -> float:
 
 
 def load_headers(unit: str) -> list[str]:
-    return [f"{unit}/s", "p50 ms", "p99 ms", "mean batch", "requests", "errors", "cores: server / client / other"]
+    return [f"{unit}/s", "p50 ms", "p99 ms", "mean batch", "requests", "errors",
+            "cores: server (its event loop) / client / other"]
 
 
 def load_row(r: dict[str, Any]) -> list[Any]:
     """The cells under ``load_headers`` for one ``bench_server`` result."""
-    cores = f"{r['server_cores']:.2f} / {r['client_cores']:.2f} / {r['other_cores']:.2f}"
+    loop_cores = r.get("loop_cores")
+    loop = f" ({loop_cores:.2f})" if loop_cores is not None and not math.isnan(loop_cores) else ""
+    cores = f"{r['server_cores']:.2f}{loop} / {r['client_cores']:.2f} / {r['other_cores']:.2f}"
     return [r["units_per_s"], r["p50_ms"], r["p99_ms"], r["mean_batch"], r["requests"], r["errors"], cores]
 
 
@@ -274,9 +286,11 @@ def bench_server(
         if warm.errors:
             raise RuntimeError(f"{label}: warm-up failed: {warm.first_error}; see {proc.log_path}")
         before, pid = scrape_metrics(proc.url), proc.process.pid if proc.process else None
-        cpu = cpu_now(pid)
+        cpu, loop_s = cpu_now(pid), main_thread_cpu_s(pid)
         result = asyncio.run(closed_loop(url, payload, clients=clients, duration_s=duration_s, units=units))
         cpu_used = cpu_usage(cpu, result.wall_s, pid)
+        loop_after = main_thread_cpu_s(pid)
+        cpu_used["loop_cores"] = (loop_after - loop_s) / result.wall_s if None not in (loop_s, loop_after) else math.nan
         after = scrape_metrics(proc.url)
     return {"config": label, "args": list(args), "ready_s": ready_s, "clients": clients,
             "duration_s": duration_s, "mean_batch": mean_batch(before, after), "probe": probed,

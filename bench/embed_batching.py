@@ -12,6 +12,7 @@ before a change), each right after the same config from this tree, so before and
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from typing import Any
 
@@ -108,6 +109,15 @@ def raw_limit(seconds_per_size: float) -> list[dict[str, Any]]:
     return rows
 
 
+def cpu_ceiling(batched: dict[str, Any], best_raw: dict[str, Any], cores: int) -> float:
+    """The most the batched server could reach, as a fraction of the raw limit, if every core were busy and
+    each text cost only the raw model's CPU plus what this run measured per request for the server's
+    event loop and the load generator (both on these cores): cores / (model + loop + client) CPU-s per text."""
+    per_request = (batched["loop_cores"] + batched["client_cores"]) / batched["requests_per_s"]
+    model = cores / best_raw["texts_per_s"]  # the raw limit keeps every core busy
+    return cores / (model + per_request) / best_raw["texts_per_s"]
+
+
 def main() -> None:
     args = parse_args(__doc__, paths=[("--baseline", "also run both servers from this source tree")])
     duration = args.duration or (3.0 if args.quick else 20.0)
@@ -133,6 +143,10 @@ def main() -> None:
                                                       "batched_over_raw": vs_raw}
         ratio_rows += [[f"batched / unbatched{suffix}", f"{vs_unbatched:.2f}x", check(vs_unbatched, target_unbatched)],
                        [f"batched / raw limit{suffix}", f"{vs_raw:.2f}x", check(vs_raw, target_raw)]]
+        if kind == "cpu" and not math.isnan(batched.get("loop_cores", math.nan)):
+            ceiling = cpu_ceiling(batched, best_raw, machine["cores"])
+            ratios[suffix.strip(" ()") or "this tree"]["cpu_ceiling_over_raw"] = ceiling
+            ratio_rows.append([f"ceiling of batched / raw limit{suffix} (see the notes)", f"{ceiling:.2f}x", ""])
 
     sizes = {label + suffix: size for label, size in CONFIGS.items() for suffix in trees}
     server_table = table(
@@ -150,6 +164,9 @@ def main() -> None:
              f"texts/s at {best_raw['batch_size']}, {best_raw['side_by_side']} at a time, {best_raw['encoder']})")
     raw_busy = {f"raw {r['encoder']} batch {r['batch_size']} x{r['side_by_side']}": r["other_cores"] for r in raw}
     notes += "\n\n" + load_notes(list(runs.values()), raw_busy)
+    notes += ("\n\nThe ceiling row: if every core were busy and each text cost only the raw model's CPU plus the "
+              "event loop's and the load generator's CPU per request measured in the batched run, the batched "
+              "server would reach that fraction of the raw limit.")
     report("Embedding: adaptive batching", machine, [notes, server_table, raw_table, ratio_table], "embed_batching",
            {"clients": CLIENTS, "duration_s": duration, "servers": runs, "raw": raw, "raw_best": best_raw,
             "baseline_tree": str(args.baseline) if args.baseline else None, "ratios": ratios,

@@ -2,8 +2,9 @@
 
 A real OTLP receiver (tests/otlp_receiver.py: a gRPC TraceService/MetricsService server that
 decodes and keeps every span) runs in its own process. Two embedding predictors run side by side,
-identical but for the environment: "off" has no OTEL endpoint (spans are made, nothing exported),
-"on" exports traces and metrics to the receiver (metrics every 5 s).
+identical but for the environment: "off" has no OTEL endpoint (spans carry ids and trace context on,
+but nothing is recorded or exported: observability.unexported), "on" records spans and exports traces
+and metrics to the receiver (metrics every 5 s).
 
 - (a) predictor: 64 closed-loop clients, one text per request, alternating between the two
       servers in rounds (off, on, off, on, ...) so drift on the machine hits both alike;
