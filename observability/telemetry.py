@@ -8,9 +8,8 @@
 
 With no endpoint, spans still have ids (so trace context flows on to the next hop, with the sampling
 decision, and logs carry trace ids) but are not recorded (``observability.unexported``), and metrics
-go to a no-op meter. An unreachable collector
-never blocks a request: spans leave through a bounded background queue (``BatchSpanProcessor``)
-that drops when full, and shutdown waits a bounded time.
+go to a no-op meter. An unreachable collector never blocks a request: spans leave through a bounded
+background queue (``BatchSpanProcessor``) that drops when full, and shutdown waits a bounded time.
 """
 
 from __future__ import annotations
