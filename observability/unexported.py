@@ -1,11 +1,12 @@
-"""Spans that no processor will ever see: their ids and sampling decision, and nothing recorded. With no
-exporter configured, the SDK's tracer still builds every span in full (attributes checked and copied,
-links and events lists, locks, start and end times) for nobody to read: about 0.15 ms of the embedding
-server's event-loop CPU per request under 64 clients (bench/embed_batching.py), where each request makes
-a server span and an ``infer`` span. A span still has to exist: its trace and span ids go into the logs
-and on to the next hop in ``traceparent``, with the sampling decision that a downstream parent-based
-sampler follows. So this tracer makes the span context exactly as the SDK's tracer would (the provider's
-sampler and id generator) and returns a ``NonRecordingSpan`` carrying it.
+"""Spans that no processor will ever see: their ids and sampling decision, and nothing recorded.
+
+With no exporter configured, the SDK's tracer still builds every span in full (attributes checked and
+copied, links and events lists, locks, start and end times) for nobody to read: about 0.15 ms of the
+embedding server's event-loop CPU per request under 64 clients (bench/embed_batching.py), where each
+request makes a server span and an ``infer`` span. A span still has to exist: its trace and span ids go
+into the logs and on to the next hop in ``traceparent``, with the sampling decision that a downstream
+parent-based sampler follows. So this tracer makes the span context exactly as the SDK's tracer would
+(the provider's sampler and id generator) and returns a ``NonRecordingSpan`` carrying it.
 
 A processor added to the provider later (a test's in-memory exporter, say) turns recording back on for
 every tracer the provider handed out.
