@@ -212,30 +212,27 @@ async def closed_loop(
     return result
 
 
-def cpu_now(pid: int | None) -> tuple[float, float, float]:
-    """(machine busy CPU-s over all cores, CPU-s of ``pid``, CPU-s of this process)."""
+def cpu_now(pid: int | None) -> tuple[float, float, float, float]:
+    """(machine busy CPU-s over all cores, CPU-s of ``pid``, CPU-s of this process, CPU-s of ``pid``'s main
+    thread: a server's event loop)."""
     import psutil
 
     t = psutil.cpu_times()
     machine = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-    child = sum(psutil.Process(pid).cpu_times()[:2]) if pid else 0.0
-    return machine, child, time.process_time()
+    child, main_thread = 0.0, 0.0
+    if pid:
+        process = psutil.Process(pid)
+        child = sum(process.cpu_times()[:2])
+        main_thread = next((th.user_time + th.system_time for th in process.threads() if th.id == pid), 0.0)
+    return machine, child, time.process_time(), main_thread
 
 
-def cpu_usage(start: tuple[float, float, float], wall_s: float, pid: int | None) -> dict[str, float]:
-    """Average cores used during ``wall_s`` by the server, this load generator and everything else."""
-    machine, server, client = (b - a for a, b in zip(start, cpu_now(pid), strict=True))
+def cpu_usage(start: tuple[float, float, float, float], wall_s: float, pid: int | None) -> dict[str, float]:
+    """Average cores used during ``wall_s`` by the server (``loop_cores``: its main thread), this load
+    generator and everything else."""
+    machine, server, client, loop = (b - a for a, b in zip(start, cpu_now(pid), strict=True))
     return {"server_cores": server / wall_s, "client_cores": client / wall_s,
-            "other_cores": max(0.0, machine - server - client) / wall_s}
-
-
-def main_thread_cpu_s(pid: int | None) -> float | None:
-    """CPU-seconds of ``pid``'s main thread (a server's event loop) from Linux's schedstat; None elsewhere."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
-            return int(f.read().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
+            "other_cores": max(0.0, machine - server - client) / wall_s, "loop_cores": loop / wall_s}
 
 
 def noise_note(other_cores: dict[str, float], limit: float = 0.25) -> str:
@@ -266,9 +263,7 @@ def load_headers(unit: str) -> list[str]:
 
 def load_row(r: dict[str, Any]) -> list[Any]:
     """The cells under ``load_headers`` for one ``bench_server`` result."""
-    loop_cores = r.get("loop_cores")
-    loop = f" ({loop_cores:.2f})" if loop_cores is not None and not math.isnan(loop_cores) else ""
-    cores = f"{r['server_cores']:.2f}{loop} / {r['client_cores']:.2f} / {r['other_cores']:.2f}"
+    cores = f"{r['server_cores']:.2f} ({r['loop_cores']:.2f}) / {r['client_cores']:.2f} / {r['other_cores']:.2f}"
     return [r["units_per_s"], r["p50_ms"], r["p99_ms"], r["mean_batch"], r["requests"], r["errors"], cores]
 
 
@@ -286,11 +281,9 @@ def bench_server(
         if warm.errors:
             raise RuntimeError(f"{label}: warm-up failed: {warm.first_error}; see {proc.log_path}")
         before, pid = scrape_metrics(proc.url), proc.process.pid if proc.process else None
-        cpu, loop_s = cpu_now(pid), main_thread_cpu_s(pid)
+        cpu = cpu_now(pid)
         result = asyncio.run(closed_loop(url, payload, clients=clients, duration_s=duration_s, units=units))
         cpu_used = cpu_usage(cpu, result.wall_s, pid)
-        loop_after = main_thread_cpu_s(pid)
-        cpu_used["loop_cores"] = (loop_after - loop_s) / result.wall_s if None not in (loop_s, loop_after) else math.nan
         after = scrape_metrics(proc.url)
     return {"config": label, "args": list(args), "ready_s": ready_s, "clients": clients,
             "duration_s": duration_s, "mean_batch": mean_batch(before, after), "probe": probed,

@@ -12,7 +12,6 @@ before a change), each right after the same config from this tree, so before and
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from typing import Any
 
@@ -143,7 +142,7 @@ def main() -> None:
                                                       "batched_over_raw": vs_raw}
         ratio_rows += [[f"batched / unbatched{suffix}", f"{vs_unbatched:.2f}x", check(vs_unbatched, target_unbatched)],
                        [f"batched / raw limit{suffix}", f"{vs_raw:.2f}x", check(vs_raw, target_raw)]]
-        if kind == "cpu" and not math.isnan(batched.get("loop_cores", math.nan)):
+        if kind == "cpu":
             ceiling = cpu_ceiling(batched, best_raw, machine["cores"])
             ratios[suffix.strip(" ()") or "this tree"]["cpu_ceiling_over_raw"] = ceiling
             ratio_rows.append([f"ceiling of batched / raw limit{suffix} (see the notes)", f"{ceiling:.2f}x", ""])
