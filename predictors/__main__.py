@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from predictors.batcher import BatcherConfig
     from predictors.config import Dtype, EngineConfig, EngineKind, LimitsConfig, PredictorConfig, Task
     from serving.auth import add_api_keys_argument
-    from serving.defaults import default_of
+    from serving.defaults import default_of, flag
     from serving.limits import add_limit_arguments
 
     def default(field: str) -> Any:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name", default=default("model_name"), help="name on the endpoint paths")
     p.add_argument("--http_port", type=int, default=default("http_port"))
     p.add_argument("--grpc_port", type=int, default=default("grpc_port"))
-    p.add_argument("--enable_grpc", type=lambda v: v.lower() in ("1", "true", "yes"), default=default("enable_grpc"))
+    p.add_argument("--enable_grpc", type=flag, default=default("enable_grpc"))
     p.add_argument("--workers", type=int, default=default("workers"),
                    help="must be 1: scale with replicas (kserve#3662)")
     p.add_argument("--task", choices=get_args(Task), required=True)
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_instances", type=int, default=default_of(LimitsConfig, "max_instances"))
     p.add_argument("--max_input_tokens", type=int, default=default_of(LimitsConfig, "max_input_tokens"))
     p.add_argument("--max_new_tokens", type=int, default=default_of(LimitsConfig, "max_new_tokens"))
-    p.add_argument("--embed_graph", type=lambda v: v.lower() in ("1", "true", "yes"), default=default("embed_graph"),
+    p.add_argument("--embed_graph", type=flag, default=default("embed_graph"),
                    help="embed on a CPU: run the encoder as a traced graph, checked against the eager model when "
                         "it loads (false: eager)")
     p.add_argument("--engine", choices=get_args(EngineKind),

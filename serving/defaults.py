@@ -1,4 +1,5 @@
-"""A default read from the pydantic model that owns it, so parsers and other configs never restate one."""
+"""A default read from the pydantic model that owns it, so parsers and other configs never restate one; and
+the command line's true/false values."""
 
 from __future__ import annotations
 
@@ -13,3 +14,8 @@ def default_of(model: type[BaseModel], field: str) -> Any:
     if info.is_required():
         raise KeyError(f"{model.__name__}.{field} has no default")
     return info.get_default(call_default_factory=True)
+
+
+def flag(value: str) -> bool:
+    """A command-line true/false value (argparse ``type``): ``1``, ``true`` or ``yes`` in any case is true."""
+    return value.lower() in ("1", "true", "yes")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def build_parser() -> argparse.ArgumentParser:
     from serving.auth import add_api_keys_argument
     from serving.client import WireProtocol
-    from serving.defaults import default_of
+    from serving.defaults import default_of, flag
     from serving.limits import add_limit_arguments
     from transformers_pre.config import TransformerConfig
     from transformers_pre.index import IndexConfig
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name", default=default("model_name"))
     p.add_argument("--http_port", type=int, default=default("http_port"))
     p.add_argument("--grpc_port", type=int, default=default("grpc_port"))
-    p.add_argument("--enable_grpc", type=lambda v: v.lower() in ("1", "true", "yes"), default=default("enable_grpc"))
+    p.add_argument("--enable_grpc", type=flag, default=default("enable_grpc"))
     p.add_argument("--predictor_host", required=True, help="host:port of the generation predictor")
     p.add_argument("--predictor_protocol", default=default("predictor_protocol"), choices=get_args(WireProtocol))
     p.add_argument("--predictor_model", default=None, help="model name on the predictor (default: --model_name)")
