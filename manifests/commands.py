@@ -22,7 +22,7 @@ from manifests.config import DeployConfig
 from manifests.readiness import readiness
 from manifests.render import OVERLAYS, overlay_documents
 from manifests.serving import PROFILE_ANNOTATION
-from manifests.waiting import wait_ready, waits_for
+from manifests.waiting import FAILURE_WINDOW_S, wait_ready, waits_for
 
 COMMANDS = ("apply", "status", "diff", "delete", "rollout")
 
@@ -40,6 +40,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--overlay", required=True, choices=OVERLAYS)
     p.add_argument("--wait", action="store_true", help="wait until the service (and its event route) is ready")
     p.add_argument("--timeout", type=float, default=600, help="seconds --wait waits (default 600)")
+    p.add_argument("--failure-window", type=float, default=FAILURE_WINDOW_S, metavar="SECONDS",
+                   help="seconds a failed condition must last before --wait gives up; some clear on their own "
+                        f"(default {FAILURE_WINDOW_S:g})")
     p.add_argument("--force-conflicts", action="store_true", help="take over fields another manager owns")
     p = command("status", "a table of the deployed objects; exit 0 when all are ready")
     p.add_argument("--overlay", choices=OVERLAYS, help="the objects this overlay renders (default: all found)")
@@ -126,7 +129,7 @@ def apply(cluster: Cluster, args: argparse.Namespace, config: DeployConfig, out:
         return 0
     entry = Ref("serving.knative.dev/v1", "Service", f"{config.name}-{config.entry_component}", config.namespace)
     return wait_ready(cluster, [Ref.of(d) for d in docs if waits_for(d)], args.timeout, out,
-                      url_of=entry if args.overlay == "knative-service" else None)
+                      url_of=entry if args.overlay == "knative-service" else None, failure_window_s=args.failure_window)
 
 
 def _found(cluster: Cluster, config: DeployConfig) -> list[Doc]:

@@ -115,7 +115,7 @@ def test_apply_wait_reports_a_failed_condition(cli: Cli, controller: Controller,
     failed = {"conditions": [condition("Ready", "False", "RevisionFailed", "oops"),
                              condition("PredictorReady", "False", "RevisionFailed", "Container failed: exit 1")]}
     join = controller.later([(Ref(ISVC, "InferenceService", "cmd-failed", "cmd-failed"), failed)])
-    rc, out, _ = cli("apply", config, "--overlay", "cpu", "--wait", "--timeout", "120")
+    rc, out, _ = cli("apply", config, "--overlay", "cpu", "--wait", "--timeout", "120", "--failure-window", "1")
     join()
     assert rc == 1
     assert "InferenceService cmd-failed/cmd-failed failed: RevisionFailed: Container failed: exit 1" in out
