@@ -138,13 +138,13 @@ def main() -> None:
         batched, unbatched = runs["batched" + suffix], runs["unbatched" + suffix]
         vs_unbatched = batched["requests_per_s"] / unbatched["requests_per_s"]
         vs_raw = batched["requests_per_s"] / best_raw["texts_per_s"]
-        ratios[suffix.strip(" ()") or "this tree"] = {"batched_over_unbatched": vs_unbatched,
-                                                      "batched_over_raw": vs_raw}
+        tree_ratios = ratios[suffix.strip(" ()") or "this tree"] = {"batched_over_unbatched": vs_unbatched,
+                                                                    "batched_over_raw": vs_raw}
         ratio_rows += [[f"batched / unbatched{suffix}", f"{vs_unbatched:.2f}x", check(vs_unbatched, target_unbatched)],
                        [f"batched / raw limit{suffix}", f"{vs_raw:.2f}x", check(vs_raw, target_raw)]]
         if kind == "cpu":
             ceiling = cpu_ceiling(batched, best_raw, machine["cores"])
-            ratios[suffix.strip(" ()") or "this tree"]["cpu_ceiling_over_raw"] = ceiling
+            tree_ratios["cpu_ceiling_over_raw"] = ceiling
             ratio_rows.append([f"ceiling of batched / raw limit{suffix} (see the notes)", f"{ceiling:.2f}x", ""])
 
     sizes = {label + suffix: size for label, size in CONFIGS.items() for suffix in trees}
